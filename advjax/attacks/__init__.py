@@ -1,0 +1,41 @@
+"""Attacks: pure functions `attack(logits_fn, x, y, *, key, **hyperparameters) -> x_adv`.
+
+One module per family; this package re-exports a flat API and a name registry (`ATTACKS`,
+`get_attack`) used by configs and the CLI.
+"""
+
+from advjax.attacks.apgd import apgd, apgd_ce, apgd_t
+from advjax.attacks.gradient import bim, cw_pgd, fgm, fgsm, mim, multitargeted_pgd, pgd, rfgsm
+
+ATTACKS = {
+    "fgsm": fgsm,
+    "fgm": fgm,
+    "rfgsm": rfgsm,
+    "bim": bim,
+    "pgd": pgd,
+    "mim": mim,
+    "cw_pgd": cw_pgd,
+    "multitargeted_pgd": multitargeted_pgd,
+    "apgd": apgd,
+    "apgd_ce": apgd_ce,
+    "apgd_t": apgd_t,
+}
+
+
+def register_attack(name, fn):
+    """Adds an attack to the registry (method modules register theirs, e.g. DAA, ADT)."""
+    if name in ATTACKS and ATTACKS[name] is not fn:
+        raise ValueError(f"attack {name!r} is already registered")
+    ATTACKS[name] = fn
+    return fn
+
+
+def get_attack(name):
+    """Looks an attack up by name; the error lists the valid names."""
+    try:
+        return ATTACKS[name]
+    except KeyError:
+        raise ValueError(f"unknown attack {name!r}; valid: {sorted(ATTACKS)}") from None
+
+
+__all__ = ["ATTACKS", "get_attack", "register_attack"] + sorted(ATTACKS)

@@ -1,0 +1,222 @@
+"""Auto-PGD (APGD-CE, APGD-DLR, APGD-T) of AutoAttack: Croce & Hein, ICML 2020, Algorithm 1.
+
+Per example, with eta^(0) = 2 eps and momentum alpha = 0.75:
+
+    z^(k+1) = P_S( x^(k) + eta^(k) v*(grad f(x^(k))) )
+    x^(k+1) = P_S( x^(k) + alpha (z^(k+1) - x^(k)) + (1 - alpha) (x^(k) - x^(k-1)) )   (alpha = 1 at k = 0)
+
+where S is the eps-ball intersected with [0, 1] and v* the steepest-ascent direction (sign for linf,
+g/||g||_2 for l2). The best point x_max (highest f) is tracked. At the checkpoints
+w_j = ceil(p_j N), p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06), the step
+size halves and the iterate restarts from x_max if
+  Condition 1: the loss increased in at most rho = 0.75 of the steps since the last checkpoint, or
+  Condition 2: the step size was not reduced at the last checkpoint and f_max has not improved since.
+(The reference code keeps the checkpoint schedule as window lengths k = ceil(0.22 N), shrinking by
+ceil(0.03 N) down to ceil(0.06 N); that is the same schedule and what is implemented here.)
+
+Random start: x + eps t / ||t||_p with t ~ U(-1, 1)^d (linf) or N(0, I) (l2), as in the reference code.
+Returned point, per example: the first misclassified iterate if one was found (what AutoAttack
+reports), otherwise x_max. The one departure from the reference code: its first oscillation window
+compares the first loss against an uninitialized 0; here it is compared with f(x^(0)), which is what
+Condition 1 of the paper says.
+
+APGD-T (`apgd_t`) runs APGD with the targeted DLR loss (Eq. 7) towards each of the `num_target_classes`
+classes with the highest clean logits after the true one, keeping the first success. Success always
+means misclassification (AutoAttack's convention). l1 is not supported (APGD-l1 is a different
+algorithm, Croce & Hein 2021).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from advjax import losses as losses_lib
+from advjax import threat
+from advjax.attacks import _validation as v
+
+LogitsFn = Callable[[jax.Array], jax.Array]
+
+RHO = 0.75
+MOMENTUM = 0.75
+
+
+def checkpoint_schedule(steps: int):
+    """Boolean checkpoint mask and window lengths, both of length `steps` (iteration index i).
+
+    A checkpoint falls after iteration i when i + 1 is the end of a window; windows have length
+    ceil(0.22 N) first, then shrink by ceil(0.03 N) per checkpoint, no shorter than ceil(0.06 N).
+    """
+    k = max(int(math.ceil(0.22 * steps)), 1)
+    decr = max(int(math.ceil(0.03 * steps)), 1)
+    k_min = max(int(math.ceil(0.06 * steps)), 1)
+    is_check = np.zeros(steps, bool)
+    window = np.zeros(steps, np.int32)
+    i = k - 1
+    while i < steps:
+        is_check[i] = True
+        window[i] = k
+        k = max(k - decr, k_min)
+        i += k
+    return is_check, window
+
+
+def _start(key, x, eps, norm):
+    if norm == "linf":
+        t = jax.random.uniform(key, x.shape, x.dtype, -1.0, 1.0)
+    else:
+        t = jax.random.normal(key, x.shape, x.dtype)
+    scale = eps / (threat.norm_of(t, norm) + 1e-12)
+    return threat.clip_to_box(x + t * scale.reshape((-1,) + (1,) * (x.ndim - 1)).astype(x.dtype))
+
+
+def _apgd_run(logits_fn, x, y, loss_fn, key, *, eps, steps: int, norm: str):
+    """One APGD run; returns (x_out, best loss, success) per example."""
+    dtype = x.dtype
+    b = x.shape[0]
+    bshape = (-1,) + (1,) * (x.ndim - 1)
+
+    def total(xa):
+        logits = logits_fn(xa)
+        val = loss_fn(logits, y)
+        return jnp.sum(val), (val, logits)
+
+    vg = jax.value_and_grad(total, has_aux=True)
+
+    def evaluate(xa):
+        (_, (val, logits)), g = vg(xa)
+        return val, jnp.argmax(logits, -1) != y, g
+
+    def proj(xa):
+        return threat.project_to_threat(xa, x, eps, norm)
+
+    x0 = _start(key, x, eps, norm)
+    f0, succ0, g0 = evaluate(x0)
+    is_check, window = checkpoint_schedule(steps)
+    is_check = jnp.asarray(is_check)
+
+    state = dict(
+        x=x0, x_prev=x0, g=g0, f=f0,
+        x_max=x0, f_max=f0, g_max=g0,
+        eta=jnp.full((b,), 2.0, dtype) * eps,
+        n_incr=jnp.zeros((b,), jnp.int32),
+        f_max_last_check=f0, reduced_last_check=jnp.ones((b,), bool),
+        x_succ=x0, found=succ0,
+    )
+
+    def body(i, s):
+        alpha = jnp.where(i > 0, MOMENTUM, 1.0).astype(dtype)
+        step = (s["eta"].reshape(bshape) * threat.steepest_ascent(s["g"], norm)).astype(dtype)
+        z = proj(s["x"] + step)
+        x_new = proj(s["x"] + alpha * (z - s["x"]) + (1 - alpha) * (s["x"] - s["x_prev"]))
+        f_new, succ, g_new = evaluate(x_new)
+
+        new_succ = succ & ~s["found"]
+        x_succ = jnp.where(new_succ.reshape(bshape), x_new, s["x_succ"])
+        found = s["found"] | succ
+        n_incr = s["n_incr"] + (f_new > s["f"]).astype(jnp.int32)
+        better = f_new > s["f_max"]
+        x_max = jnp.where(better.reshape(bshape), x_new, s["x_max"])
+        g_max = jnp.where(better.reshape(bshape), g_new, s["g_max"])
+        f_max = jnp.where(better, f_new, s["f_max"])
+
+        def at_checkpoint(_):
+            k = jnp.asarray(window)[i]
+            cond1 = n_incr.astype(dtype) <= RHO * k.astype(dtype)
+            cond2 = ~s["reduced_last_check"] & (s["f_max_last_check"] >= f_max)
+            reduce = cond1 | cond2
+            rb = reduce.reshape(bshape)
+            return dict(
+                x=jnp.where(rb, x_max, x_new), g=jnp.where(rb, g_max, g_new),
+                eta=jnp.where(reduce, s["eta"] / 2, s["eta"]),
+                n_incr=jnp.zeros_like(n_incr), f_max_last_check=f_max, reduced_last_check=reduce)
+
+        def no_checkpoint(_):
+            return dict(x=x_new, g=g_new, eta=s["eta"], n_incr=n_incr,
+                        f_max_last_check=s["f_max_last_check"],
+                        reduced_last_check=s["reduced_last_check"])
+
+        upd = jax.lax.cond(is_check[i], at_checkpoint, no_checkpoint, None)
+        return dict(s, x_prev=s["x"], f=f_new, x_max=x_max, f_max=f_max, g_max=g_max,
+                    x_succ=x_succ, found=found, **upd)
+
+    s = jax.lax.fori_loop(0, steps, body, state)
+    x_out = jnp.where(s["found"].reshape(bshape), s["x_succ"], s["x_max"])
+    return x_out, s["f_max"], s["found"]
+
+
+def _keep(best, new):
+    bx, bf, bs = best
+    nx, nf, ns = new
+    take = (ns & ~bs) | ((ns == bs) & (nf > bf))
+    tb = take.reshape((-1,) + (1,) * (bx.ndim - 1))
+    return jnp.where(tb, nx, bx), jnp.where(take, nf, bf), bs | ns
+
+
+def _check(logits_fn, x, y, key, eps, steps, restarts, norm):
+    if norm not in ("linf", "l2"):
+        raise ValueError(f"norm must be 'linf' or 'l2' for APGD, got {norm!r}")
+    v.check_nonnegative(eps, "eps")
+    num_classes = v.check_batch(logits_fn, x, y)
+    v.check_positive_int(steps, "steps")
+    v.check_positive_int(restarts, "restarts")
+    v.check_key(key, True, "APGD starts at a random point")
+    return num_classes
+
+
+def apgd(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: jax.Array, eps,
+         steps: int = 100, norm: str = "linf", loss: Union[str, Callable] = "ce",
+         restarts: int = 1) -> jax.Array:
+    """Untargeted APGD (Croce & Hein 2020, Alg. 1) with `loss` "ce" (APGD-CE) or "dlr" (APGD-DLR).
+
+    `restarts` runs from independent random starts keep each example's first success, else its
+    highest loss. See the module docstring for the exact schedule.
+    """
+    _check(logits_fn, x, y, key, eps, steps, restarts, norm)
+    loss_fn = losses_lib.get_loss(loss)
+    keys = jax.random.split(key, restarts)
+    best = _apgd_run(logits_fn, x, y, loss_fn, keys[0], eps=eps, steps=steps, norm=norm)
+    if restarts == 1:
+        return best[0]
+    body = lambda i, b: _keep(b, _apgd_run(logits_fn, x, y, loss_fn, keys[i], eps=eps,
+                                            steps=steps, norm=norm))
+    return jax.lax.fori_loop(1, restarts, body, best)[0]
+
+
+def apgd_ce(logits_fn, x, y, *, key, eps, steps=100, norm="linf", restarts=1):
+    """APGD-CE of AutoAttack: `apgd` with the cross-entropy loss."""
+    return apgd(logits_fn, x, y, key=key, eps=eps, steps=steps, norm=norm, loss="ce",
+                restarts=restarts)
+
+
+def apgd_t(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: jax.Array, eps,
+           steps: int = 100, norm: str = "linf", num_target_classes: int = 9,
+           restarts: int = 1) -> jax.Array:
+    """APGD-T of AutoAttack: APGD on the targeted DLR loss (Croce & Hein 2020, Eq. 7).
+
+    For the t-th highest-scoring class other than y (t = 1..num_target_classes, AutoAttack's default 9),
+    run `restarts` APGD runs maximizing -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4)/2); keep each
+    example's first misclassified result, else the highest loss. y holds the true labels.
+    """
+    num_classes = _check(logits_fn, x, y, key, eps, steps, restarts, norm)
+    v.check_positive_int(num_target_classes, "num_target_classes")
+    if num_target_classes > num_classes - 1:
+        raise ValueError(f"num_target_classes must be <= classes - 1 = {num_classes - 1}, "
+                         f"got {num_target_classes}")
+    z = logits_fn(x)
+    z = jnp.where(jax.nn.one_hot(y, num_classes, dtype=bool), -jnp.inf, z)
+    order = jnp.argsort(-z, axis=-1)[:, :num_target_classes]
+    keys = jax.random.split(key, num_target_classes * restarts)
+
+    def run(i):
+        target = order[:, i // restarts]
+        loss_fn = lambda logits, yy: losses_lib.dlr_targeted(logits, yy, target)
+        return _apgd_run(logits_fn, x, y, loss_fn, keys[i], eps=eps, steps=steps, norm=norm)
+
+    best = run(0)
+    return jax.lax.fori_loop(1, num_target_classes * restarts, lambda i, b: _keep(b, run(i)),
+                             best)[0]
