@@ -15,7 +15,7 @@ import dataclasses
 import functools
 import inspect
 import time
-from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import jax
 import jax.numpy as jnp
@@ -157,3 +157,46 @@ def robust_accuracy(logits_fn: Callable[[jax.Array], jax.Array],
         a_rob = float(np.mean(np.all(np.stack([correct[k] for k in attacks]), axis=0)))
     return RobustAccuracy(n=n, clean=float(np.mean(correct["clean"])), attacks=accs, a_rob=a_rob,
                           correct=correct, seconds=seconds)
+
+
+def accuracy_vs_eps(logits_fn, x: np.ndarray, y: np.ndarray, spec: Mapping[str, Any],
+                    eps_values: Sequence[float], *, key: jax.Array,
+                    batch_size: int = 256) -> List[float]:
+    """Accuracy under attack `spec` at each eps; step sizes scale with eps (step_size / eps fixed)."""
+    accs = []
+    for i, eps in enumerate(eps_values):
+        s = dict(spec, eps=float(eps))
+        if "step_size" in spec and spec.get("eps"):
+            s["step_size"] = float(spec["step_size"]) * float(eps) / float(spec["eps"])
+        s["label"] = "a"
+        res = robust_accuracy(logits_fn, (x, y), [s], key=jax.random.fold_in(key, i),
+                              batch_size=batch_size)
+        accs.append(res.attacks["a"])
+    return accs
+
+
+def attack_report(logits_fn, x: np.ndarray, y: np.ndarray, spec: Mapping[str, Any], out_dir: str,
+                  *, key: jax.Array, eps_values: Optional[Sequence[float]] = None,
+                  num_images: int = 8, class_names=None, batch_size: int = 256) -> List[str]:
+    """Writes attack_grid.png (clean / adversarial / perturbation) and accuracy_vs_eps.png.
+
+    eps_values defaults to 0, eps/4, ..., 2 eps of the spec.
+    """
+    import os
+    from advjax import plots
+    label, attack = attack_from_spec(spec)
+    n = min(num_images, len(x))
+    xs, ys = jnp.asarray(x[:n]), jnp.asarray(y[:n].astype(np.int32))
+    x_adv = np.asarray(attack(logits_fn, xs, ys, key=key))
+    pred_clean = np.asarray(jnp.argmax(logits_fn(xs), -1))
+    pred_adv = np.asarray(jnp.argmax(logits_fn(jnp.asarray(x_adv)), -1))
+    grid = plots.adversarial_grid(os.path.join(out_dir, "attack_grid.png"), x[:n], x_adv, y[:n],
+                                  pred_clean, pred_adv, class_names=class_names,
+                                  title=f"{label} (eps={spec.get('eps')})")
+    eps0 = float(spec.get("eps", 0.0))
+    if eps_values is None:
+        eps_values = [eps0 * f for f in (0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0)]
+    accs = accuracy_vs_eps(logits_fn, x, y, spec, eps_values, key=key, batch_size=batch_size)
+    curve = plots.accuracy_vs_eps(os.path.join(out_dir, "accuracy_vs_eps.png"), {label: accs},
+                                  eps_values, train_eps=None, title=f"{label}: accuracy vs eps")
+    return [grid, curve]

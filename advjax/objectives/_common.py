@@ -1,0 +1,92 @@
+"""What every training objective shares: the objective contract and model forward passes.
+
+Contract: a training objective is a pure function
+
+    objective(params, state, batch, key) -> (loss, aux)
+
+* `params`: the model parameters (what the loop differentiates `loss` with respect to).
+* `state`: {"model": model collections other than params (e.g. {"batch_stats": ...}, or {}),
+            "method": the method's own pytree (UDR's lambda, DRA's A, ...; {} for most)}.
+* `batch`: {"image": (B, H, W, C) in [0, 1], "label": (B,) int}.
+* `key`: a PRNG key for this step and device.
+* `aux`: {"metrics": {name: scalar}, "state": the new state (same structure)}.
+
+The loop averages gradients, metrics and floating-point state across devices (`lax.pmean`).
+An objective is built by a factory `make(apply_fn, **hyperparameters) -> Objective`, where `apply_fn`
+is a Flax `model.apply`: `apply_fn(variables, x, train=..., rngs=..., mutable=..., return_features=...)`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Dict, Tuple
+
+import jax
+import jax.numpy as jnp
+
+from advjax import losses
+
+ObjectiveFn = Callable[[Any, Dict[str, Any], Dict[str, jax.Array], jax.Array],
+                       Tuple[jax.Array, Dict[str, Any]]]
+
+ATTACK_BN_MODES = ("eval", "train")
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    """A training objective and the initial value of its method state."""
+    fn: ObjectiveFn
+    init_method_state: Callable[[], Any] = dict
+
+    def __call__(self, params, state, batch, key):
+        return self.fn(params, state, batch, key)
+
+
+def check_attack_bn(mode: str) -> str:
+    if mode not in ATTACK_BN_MODES:
+        raise ValueError(f"attack_bn must be one of {ATTACK_BN_MODES}, got {mode!r}")
+    return mode
+
+
+def attack_logits_fn(apply_fn, params, model_state, *, mode: str = "eval",
+                     key: jax.Array | None = None) -> Callable[[jax.Array], jax.Array]:
+    """The logits function an attack sees while crafting examples during training.
+
+    The variables are constants for the attack (stop_gradient), and batch norm never updates its
+    running averages: mode "eval" uses the running statistics (the default, as in Madry et al.'s and
+    TRADES' reference code, which call model.eval() for the attack); mode "train" normalizes with the
+    attacked batch's own statistics (and applies dropout with a fixed key), discarding the update.
+    """
+    variables = jax.lax.stop_gradient({"params": params, **model_state})
+    if mode == "eval":
+        return lambda x: apply_fn(variables, x, train=False)
+    check_attack_bn(mode)
+
+    def logits(x):
+        out, _ = apply_fn(variables, x, train=True, rngs={"dropout": key},
+                          mutable=list(model_state.keys()))
+        return out
+
+    return logits
+
+
+def train_forward(apply_fn, params, model_state, x, key, *, return_features: bool = False):
+    """Training-mode forward pass: returns (output, new_model_state) (batch norm updates its stats)."""
+    variables = {"params": params, **model_state}
+    out, new_state = apply_fn(variables, x, train=True, rngs={"dropout": key},
+                              mutable=list(model_state.keys()), return_features=return_features)
+    return out, {**model_state, **new_state}
+
+
+def accuracy(logits: jax.Array, y: jax.Array) -> jax.Array:
+    return jnp.mean(jnp.argmax(logits, axis=-1) == y)
+
+
+def mean_ce(logits: jax.Array, y: jax.Array) -> jax.Array:
+    return jnp.mean(losses.cross_entropy(logits, y))
+
+
+def result(loss, metrics, model_state, method_state):
+    """Packs (loss, aux) in the objective contract; `loss` is also logged."""
+    return loss, {"metrics": {"loss": loss, **metrics},
+                  "state": {"model": model_state, "method": method_state}}
