@@ -120,7 +120,7 @@ def create_train_state(model, objective, tx, key, input_shape) -> TrainState:
     params = variables["params"]
     model_state = {k: v for k, v in variables.items() if k != "params"}
     return TrainState.create(apply_fn=model.apply, params=params, tx=tx, model_state=model_state,
-                             method_state=objective.init_method_state())
+                             method_state=objective.init_method_state(jax.random.fold_in(key, 1)))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -270,6 +270,14 @@ class _Progress:
 # The loop
 # ------------------------------------------------------------------------------------------------
 
+def _end_of_epoch(rstate, objective, devices):
+    """Runs the objective's epoch hook on the method state (identical on every device after the
+    step's pmean) and replicates the result back."""
+    state = jax.tree_util.tree_map(lambda a: a[0], rstate)
+    state = state.replace(method_state=objective.end_of_epoch(state.method_state))
+    return jax_utils.replicate(state, devices)
+
+
 def _devices(config):
     devices = jax.local_devices()
     n = config.train.get("num_devices", 0) or len(devices)
@@ -388,11 +396,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
                 imgs_window += config.train.batch_size
                 pending = (step, metrics)
                 progress.update(1, {})
-                if ckpt_every and step % ckpt_every == 0:
+                # The end-of-epoch save below covers the last step of an epoch (after the epoch hook).
+                if ckpt_every and step % ckpt_every == 0 and step % steps_per_epoch:
                     check(pending)
                     ckpt.save(jax.device_get(jax.tree_util.tree_map(lambda a: a[0], rstate)))
             if pending is not None:
                 check(pending)
+            if b["objective"].end_of_epoch is not None:
+                rstate = _end_of_epoch(rstate, b["objective"], devices)
             ckpt.save(jax.device_get(jax.tree_util.tree_map(lambda a: a[0], rstate)))
         if pending is not None:
             check(pending)

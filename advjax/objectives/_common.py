@@ -19,7 +19,7 @@ is a Flax `model.apply`: `apply_fn(variables, x, train=..., rngs=..., mutable=..
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Dict, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -34,12 +34,32 @@ ATTACK_BN_MODES = ("eval", "train")
 
 @dataclasses.dataclass(frozen=True)
 class Objective:
-    """A training objective and the initial value of its method state."""
+    """A training objective, the initial value of its method state, and an optional epoch hook.
+
+    `init_method_state(key)` returns the method's initial pytree (e.g. UDR's lambda, an ADT
+    generator's parameters and optimizer state). `end_of_epoch(method_state) -> method_state`, if set,
+    runs once after every epoch on the (device-averaged) method state, e.g. DRA's Algorithm 3, which
+    recomputes the Mahalanobis matrix A from the perturbations accumulated during the epoch.
+    """
     fn: ObjectiveFn
-    init_method_state: Callable[[], Any] = dict
+    init_method_state: Callable[[jax.Array], Any] = lambda key: {}
+    end_of_epoch: Optional[Callable[[Any], Any]] = None
 
     def __call__(self, params, state, batch, key):
         return self.fn(params, state, batch, key)
+
+
+def cross_device_mean(tree, axis_name: str = "batch"):
+    """`lax.pmean` over the training loop's device axis when it is bound (inside the pmapped step),
+    identity otherwise (objectives called directly, e.g. in tests).
+
+    For objectives that update a sub-network of their own inside the step (an ADT generator): average
+    its gradients with this before the optimizer update so that every device applies the same update.
+    """
+    try:
+        return jax.lax.pmean(tree, axis_name)
+    except NameError:
+        return tree
 
 
 def check_attack_bn(mode: str) -> str:
