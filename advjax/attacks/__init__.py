@@ -5,6 +5,7 @@ One module per family; this package re-exports a flat API and a name registry (`
 """
 
 from advjax.attacks.apgd import apgd, apgd_ce, apgd_t
+from advjax.attacks.daa import daa_algorithm1, daa_blob, daa_dgf
 from advjax.attacks.gradient import bim, cw_pgd, fgm, fgsm, mim, multitargeted_pgd, pgd, rfgsm
 
 ATTACKS = {
@@ -19,6 +20,9 @@ ATTACKS = {
     "apgd": apgd,
     "apgd_ce": apgd_ce,
     "apgd_t": apgd_t,
+    # Batch-level (the evaluation batch is DAA's particle set; Algorithm 1 with R = 1):
+    "daa_blob": daa_blob,
+    "daa_dgf": daa_dgf,
 }
 
 
@@ -38,4 +42,4 @@ def get_attack(name):
         raise ValueError(f"unknown attack {name!r}; valid: {sorted(ATTACKS)}") from None
 
 
-__all__ = ["ATTACKS", "get_attack", "register_attack"] + sorted(ATTACKS)
+__all__ = ["ATTACKS", "daa_algorithm1", "get_attack", "register_attack"] + sorted(ATTACKS)
