@@ -1,0 +1,203 @@
+"""Plain convolutional networks from the papers: C&W / ADR CNN-4C3F, Madry's MNIST CNN, the DAA
+Fashion-MNIST CNN and the DRA 13-layer CIFAR-10 CNN.
+
+All take NHWC inputs in [0, 1] and normalize inside the model. ``return_features=True`` returns
+``(logits, features)`` with features = the output of the last convolutional block (after its
+pooling), flattened in NHWC order: the intermediate layer that ADR / ASCL regularize.
+
+Weight layout for PyTorch twins (used by the peer tests): flax conv kernels are HWIO (torch:
+OIHW, ``w.transpose(3, 2, 0, 1)``), dense kernels are (in, out) (torch: (out, in), ``w.T``), and
+flattening is NHWC, so the first dense layer after the convolutions sees features in (h, w, c)
+order; a torch model must either flatten ``x.permute(0, 2, 3, 1)`` or permute that dense layer's
+input rows.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from advjax.models.layers import (CIFAR10_MEAN, CIFAR10_STD, Conv, batch_norm, flatten, max_pool,
+                                  normalize)
+
+
+class CNN4C3F(nn.Module):
+    """CNN-4C3F: Carlini & Wagner's MNIST / CIFAR-10 network ("Towards evaluating the robustness of
+    neural networks", S&P 2017, Table 1), as used by ADR (thesis Ch. 3, Supp. Sec. 2) and CCE
+    (thesis Ch. 4, Table 8).
+
+    For each entry w of ``widths``: ``convs_per_block`` x (conv 3x3 w -> ReLU), then 2x2 max-pool.
+    Then flatten (= features), and for each entry f of ``fc_widths`` dense f -> ReLU, with dropout
+    after the first one, then a dense layer to the logits.
+
+    Configurations:
+      - ADR "CNN-4C3F(32)" (MNIST), as its supplement writes it: widths=(32, 32),
+        fc_widths=(200, 200) (the default).
+      - C&W's original MNIST model and CCE Table 8 MNIST: widths=(32, 64), fc_widths=(200, 200).
+      - ADR "CNN-4C3F(64)" (CIFAR-10): widths=(64, 64), fc_widths=(256, 256), mean/std=CIFAR-10.
+      - C&W CIFAR-10 and CCE Table 8 CIFAR-10: widths=(64, 128), fc_widths=(256, 256).
+      - CCE Table 8 CIFAR-100: widths=(64, 128), convs_per_block=3, fc_widths=(256, 256, 256).
+    Convolutions are 'VALID' like C&W's Keras code (28 -> 26 -> 24 -> 12 -> 10 -> 8 -> 4 on MNIST);
+    padding='SAME' keeps sizes for small inputs.
+
+    Parameters: conv1 ... conv{2 * len(widths)}, fc1 ... fc{len(fc_widths) + 1}.
+    pool_impl / first_conv_impl: implementation switches with identical parameters and values (see
+    ``layers.max_pool`` and ``layers.Conv``).
+    """
+
+    num_classes: int = 10
+    widths: Sequence[int] = (32, 32)
+    convs_per_block: int = 2
+    fc_widths: Sequence[int] = (200, 200)
+    dropout_rate: float = 0.5
+    padding: str = "VALID"
+    mean: Optional[Sequence[float]] = None
+    std: Optional[Sequence[float]] = None
+    pool_impl: str = "reshape"
+    first_conv_impl: str = "patches_grad"
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, *, train: bool = False, return_features: bool = False):
+        h = normalize(x, self.mean, self.std)
+        n_conv = 0
+        for width in self.widths:
+            for _ in range(self.convs_per_block):
+                impl = self.first_conv_impl if n_conv == 0 else "xla"
+                n_conv += 1
+                h = nn.relu(Conv(width, (3, 3), padding=self.padding, impl=impl,
+                                 name=f"conv{n_conv}")(h))
+            h = max_pool(h, self.pool_impl)
+        features = flatten(h)
+        h = features
+        for i, width in enumerate(self.fc_widths):
+            h = nn.relu(nn.Dense(width, name=f"fc{i + 1}")(h))
+            if i == 0:
+                h = nn.Dropout(self.dropout_rate, deterministic=not train)(h)
+        logits = nn.Dense(self.num_classes, name=f"fc{len(self.fc_widths) + 1}")(h)
+        return (logits, features) if return_features else logits
+
+
+class MadryCNN(nn.Module):
+    """The MNIST network of Madry et al., "Towards deep learning models resistant to adversarial
+    attacks" (ICLR 2018; MadryLab's mnist_challenge ``model.py``), also DAA's MNIST target model.
+
+    conv 5x5 32 (SAME) -> ReLU -> max-pool 2x2 -> conv 5x5 64 (SAME) -> ReLU -> max-pool 2x2 ->
+    flatten (= features, 7*7*64 = 3136 on MNIST) -> dense 1024 -> ReLU -> dense num_classes.
+    3,274,634 parameters on 28x28x1 inputs with 10 classes. Pooling is 'SAME' like the TensorFlow
+    original (identical to 'VALID' for even sizes, so 28 -> 14 -> 7).
+
+    Parameters: conv1, conv2, fc1, fc2 (kernels HWIO / (in, out); fc1's input rows are in NHWC
+    (h, w, c) order, which is also the TensorFlow original's order, so MadryLab's checkpoint loads
+    without permutation while a torch twin must permute).
+
+    pool_impl: "reshape" (default, ``layers.max_pool_2x2``) or "nn" (``nn.max_pool``); same values
+      and gradients.
+    first_conv_impl: "patches_grad" (default: XLA's convolution forward, input derivatives by
+      im2col, faster on XLA:CPU for the 1-channel input) or "xla"; same parameters, values and
+      gradients up to float rounding. See ``layers.Conv``.
+    """
+
+    num_classes: int = 10
+    widths: Sequence[int] = (32, 64)
+    fc_width: int = 1024
+    mean: Optional[Sequence[float]] = None
+    std: Optional[Sequence[float]] = None
+    pool_impl: str = "reshape"
+    first_conv_impl: str = "patches_grad"
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, *, train: bool = False, return_features: bool = False):
+        del train  # no dropout or batch norm
+        h = normalize(x, self.mean, self.std)
+        for i, width in enumerate(self.widths):
+            impl = self.first_conv_impl if i == 0 else "xla"
+            h = nn.relu(Conv(width, (5, 5), padding="SAME", impl=impl, name=f"conv{i + 1}")(h))
+            h = max_pool(h, self.pool_impl, padding="SAME")
+        features = flatten(h)
+        h = nn.relu(nn.Dense(self.fc_width, name="fc1")(features))
+        logits = nn.Dense(self.num_classes, name="fc2")(h)
+        return (logits, features) if return_features else logits
+
+
+class DAACNN(nn.Module):
+    """The Fashion-MNIST target model of DAA (Zheng, Chen & Ren, "Distributionally adversarial
+    attack", AAAI 2019, Sec. 5): "four convolutional layers and a fully connected layer with batch
+    normalization". The paper gives nothing more, so the layers are chosen here:
+
+    conv 3x3 (SAME, no bias) -> batch norm -> ReLU for each of ``widths`` = (32, 32, 64, 64), with a
+    2x2 max-pool after the 2nd and the 4th (28 -> 14 -> 7), flatten (= features, 7*7*64 = 3136),
+    dense num_classes.
+
+    Parameters: conv{i}, bn{i} (batch_stats: bn{i}/mean, bn{i}/var), fc.
+    bn_axis_name: pmap axis for cross-device batch statistics (None: per-device).
+    """
+
+    num_classes: int = 10
+    widths: Sequence[int] = (32, 32, 64, 64)
+    mean: Optional[Sequence[float]] = None
+    std: Optional[Sequence[float]] = None
+    bn_axis_name: Optional[str] = None
+    pool_impl: str = "reshape"
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, *, train: bool = False, return_features: bool = False):
+        h = normalize(x, self.mean, self.std)
+        for i, width in enumerate(self.widths):
+            h = Conv(width, (3, 3), padding="SAME", use_bias=False, name=f"conv{i + 1}")(h)
+            h = nn.relu(batch_norm(train, self.bn_axis_name, name=f"bn{i + 1}")(h))
+            if i % 2 == 1:
+                h = max_pool(h, self.pool_impl, padding="SAME")
+        features = flatten(h)
+        logits = nn.Dense(self.num_classes, name="fc")(features)
+        return (logits, features) if return_features else logits
+
+
+# VGG-13 (configuration B of Simonyan & Zisserman 2015): 10 convolutions in 5 stages.
+VGG13_STAGES = ((64, 64), (128, 128), (256, 256), (512, 512), (512, 512))
+
+
+class DRACNN(nn.Module):
+    """The 13-layer CIFAR-10 CNN of DRA (Si, Zhang & Zhang, "DRA: Distributionally robust
+    adversarial training", Sec. 4): "10 convolutional layers and 3 fully connected layers
+    intercepted with max pooling layers". Its Figure 1 with the details is not in the text we have,
+    and the layer counts rule out the 9-conv + 1-dense "conv-large" of Laine & Aila; they are
+    exactly those of VGG-13 (Simonyan & Zisserman, ICLR 2015, configuration B), which is used here
+    in its CIFAR form with batch norm (the widths and the dense sizes are our choice):
+
+    for each stage of ``stages`` = ((64, 64), (128, 128), (256, 256), (512, 512), (512, 512)):
+    (conv 3x3 SAME, no bias -> batch norm -> ReLU) per width, then 2x2 max-pool (32 -> 1), flatten
+    (= features, 512 on 32x32 inputs), dense 512 -> ReLU -> dropout -> dense 512 -> ReLU -> dropout
+    -> dense num_classes (``fc_widths`` = (512, 512)). About 9.9M parameters. Inputs are normalized
+    with the CIFAR-10 mean / std by default.
+
+    Parameters: conv1 ... conv10, bn1 ... bn10, fc1, fc2, fc3.
+    """
+
+    num_classes: int = 10
+    stages: Sequence[Sequence[int]] = VGG13_STAGES
+    fc_widths: Sequence[int] = (512, 512)
+    dropout_rate: float = 0.5
+    mean: Optional[Sequence[float]] = CIFAR10_MEAN
+    std: Optional[Sequence[float]] = CIFAR10_STD
+    bn_axis_name: Optional[str] = None
+    pool_impl: str = "reshape"
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, *, train: bool = False, return_features: bool = False):
+        h = normalize(x, self.mean, self.std)
+        n_conv = 0
+        for stage in self.stages:
+            for width in stage:
+                n_conv += 1
+                h = Conv(width, (3, 3), padding="SAME", use_bias=False, name=f"conv{n_conv}")(h)
+                h = nn.relu(batch_norm(train, self.bn_axis_name, name=f"bn{n_conv}")(h))
+            h = max_pool(h, self.pool_impl, padding="SAME")
+        features = flatten(h)
+        h = features
+        for i, width in enumerate(self.fc_widths):
+            h = nn.relu(nn.Dense(width, name=f"fc{i + 1}")(h))
+            h = nn.Dropout(self.dropout_rate, deterministic=not train)(h)
+        logits = nn.Dense(self.num_classes, name=f"fc{len(self.fc_widths) + 1}")(h)
+        return (logits, features) if return_features else logits
