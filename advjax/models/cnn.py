@@ -57,6 +57,7 @@ class CNN4C3F(nn.Module):
     std: Optional[Sequence[float]] = None
     pool_impl: str = "reshape"
     first_conv_impl: str = "patches_grad"
+    conv_impl: str = "explicit_grad"
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, *, train: bool = False, return_features: bool = False):
@@ -64,7 +65,7 @@ class CNN4C3F(nn.Module):
         n_conv = 0
         for width in self.widths:
             for _ in range(self.convs_per_block):
-                impl = self.first_conv_impl if n_conv == 0 else "xla"
+                impl = self.first_conv_impl if n_conv == 0 else self.conv_impl
                 n_conv += 1
                 h = nn.relu(Conv(width, (3, 3), padding=self.padding, impl=impl,
                                  name=f"conv{n_conv}")(h))
@@ -106,13 +107,14 @@ class MadryCNN(nn.Module):
     std: Optional[Sequence[float]] = None
     pool_impl: str = "reshape"
     first_conv_impl: str = "patches_grad"
+    conv_impl: str = "explicit_grad"
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, *, train: bool = False, return_features: bool = False):
         del train  # no dropout or batch norm
         h = normalize(x, self.mean, self.std)
         for i, width in enumerate(self.widths):
-            impl = self.first_conv_impl if i == 0 else "xla"
+            impl = self.first_conv_impl if i == 0 else self.conv_impl
             h = nn.relu(Conv(width, (5, 5), padding="SAME", impl=impl, name=f"conv{i + 1}")(h))
             h = max_pool(h, self.pool_impl, padding="SAME")
         features = flatten(h)

@@ -1,0 +1,169 @@
+"""Attack throughput: linf PGD-20 on the Madry MNIST CNN, batch 256, advjax vs torchattacks vs Foolbox.
+
+One process, identical weights (a randomly initialized Madry CNN: conv5x5-32, max-pool, conv5x5-64,
+max-pool, FC1024, FC10; the cost does not depend on the weights' values), identical inputs, no random
+start, eps 0.3, step 0.01. Rows:
+
+  advjax                 `advjax.attacks.pgd` on `advjax.models.MadryCNN` (its default layers:
+                         reshape max-pool, im2col input-gradient for the first conv, explicit
+                         input-gradient conv for the second: see advjax/models/layers.py)
+  advjax, plain layers   the same attack and weights with XLA's own nn.max_pool / convolution
+                         (pool_impl="nn", first_conv_impl="xla", conv_impl="xla"): what a user's
+                         vanilla Flax model gets
+  torchattacks           torchattacks.PGD(random_start=False) on the same weights in PyTorch
+  foolbox-jax            foolbox.attacks.LinfPGD on the advjax model through foolbox.JAXModel
+
+Timings are interleaved over `--repeats` rounds and the median is reported, with images/s and the
+ratio to torchattacks; agreement with torchattacks (fraction of examples whose adversarial image is
+within 1e-3 everywhere) is printed so the speed is for the same result.
+
+    python benchmarks/attack_throughput.py [--batch 256] [--steps 20] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+EPS, STEP = 0.3, 0.01
+
+
+def make_inputs(batch):
+    rng = np.random.default_rng(0)
+    x = rng.random((batch, 28, 28, 1), dtype=np.float32)
+    y = rng.integers(0, 10, batch).astype(np.int32)
+    return x, y
+
+
+def advjax_runner(variables, x, y, steps, **model_fields):
+    import jax
+    import jax.numpy as jnp
+
+    from advjax import attacks, models
+    model = models.get_model("madry_cnn", **model_fields)
+    f = lambda z: model.apply(variables, z)
+    attack = jax.jit(lambda xx, yy: attacks.pgd(f, xx, yy, eps=EPS, step_size=STEP, steps=steps,
+                                                random_start=False))
+    xj, yj = jnp.asarray(x), jnp.asarray(y)
+    return lambda: np.asarray(jax.block_until_ready(attack(xj, yj)))
+
+
+def torch_model(variables):
+    """The Madry CNN in PyTorch with the Flax weights (HWIO -> OIHW; NHWC flatten order)."""
+    import torch
+    import torch.nn as tnn
+    import torch.nn.functional as F
+
+    p = {k: {n: np.asarray(v) for n, v in d.items()} for k, d in variables["params"].items()}
+
+    class MadryCNN(tnn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = tnn.Conv2d(1, 32, 5, padding=2)
+            self.conv2 = tnn.Conv2d(32, 64, 5, padding=2)
+            self.fc1 = tnn.Linear(7 * 7 * 64, 1024)
+            self.fc2 = tnn.Linear(1024, 10)
+
+        def forward(self, x):  # x: NCHW
+            x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+            x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+            x = x.permute(0, 2, 3, 1).flatten(1)  # Flax flattens NHWC
+            return self.fc2(F.relu(self.fc1(x)))
+
+    m = MadryCNN()
+    with torch.no_grad():
+        for name in ("conv1", "conv2"):
+            getattr(m, name).weight.copy_(torch.tensor(p[name]["kernel"].transpose(3, 2, 0, 1)))
+            getattr(m, name).bias.copy_(torch.tensor(p[name]["bias"]))
+        for name in ("fc1", "fc2"):
+            getattr(m, name).weight.copy_(torch.tensor(p[name]["kernel"].T))
+            getattr(m, name).bias.copy_(torch.tensor(p[name]["bias"]))
+    return m.eval()
+
+
+def torchattacks_runner(variables, x, y, steps):
+    import torch
+    import torchattacks
+    m = torch_model(variables)
+    atk = torchattacks.PGD(m, eps=EPS, alpha=STEP, steps=steps, random_start=False)
+    xt = torch.tensor(x).permute(0, 3, 1, 2).contiguous()
+    yt = torch.tensor(y).long()
+    return lambda: atk(xt, yt).permute(0, 2, 3, 1).numpy()
+
+
+def foolbox_runner(variables, x, y, steps):
+    import foolbox as fb
+    import jax
+    import jax.numpy as jnp
+
+    from advjax import models
+    model = models.get_model("madry_cnn")
+    fmodel = fb.JAXModel(jax.jit(lambda z: model.apply(variables, z)), bounds=(0, 1))
+    attack = fb.attacks.LinfPGD(abs_stepsize=STEP, steps=steps, random_start=False)
+    xj, yj = jnp.asarray(x), jnp.asarray(y)
+
+    def run():
+        _, clipped, _ = attack(fmodel, xj, yj, epsilons=EPS)
+        return np.asarray(clipped)
+
+    return run
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--repeats", type=int, default=3)
+    args = p.parse_args()
+
+    import jax
+
+    from advjax import models
+    x, y = make_inputs(args.batch)
+    variables = models.init_variables(models.get_model("madry_cnn"), jax.random.PRNGKey(0),
+                                      (28, 28, 1))
+    runners, skipped = {}, {}
+    runners["advjax"] = advjax_runner(variables, x, y, args.steps)
+    runners["advjax, plain layers"] = advjax_runner(variables, x, y, args.steps, pool_impl="nn",
+                                                    first_conv_impl="xla", conv_impl="xla")
+    for name, make in (("torchattacks", torchattacks_runner), ("foolbox-jax", foolbox_runner)):
+        try:
+            runners[name] = make(variables, x, y, args.steps)
+            runners[name]()
+        except Exception as e:  # a missing or broken peer is reported, not fatal
+            runners.pop(name, None)
+            skipped[name] = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
+    outputs = {k: run() for k, run in runners.items()}  # warm-up (compilation) and results
+    times = {k: [] for k in runners}
+    for _ in range(args.repeats):
+        for k, run in runners.items():
+            t0 = time.perf_counter()
+            run()
+            times[k].append(time.perf_counter() - t0)
+    ref = outputs.get("torchattacks")
+    print(f"linf PGD-{args.steps}, Madry MNIST CNN, batch {args.batch}, eps {EPS}, step {STEP}, "
+          f"no random start; median of {args.repeats} interleaved runs; "
+          f"backend {jax.default_backend()}")
+    print("| implementation | seconds | images/s | ratio to torchattacks | "
+          "examples equal to torchattacks (1e-3) |")
+    print("|---|---:|---:|---:|---:|")
+    ips = {k: args.batch / float(np.median(ts)) for k, ts in times.items()}
+    for k in runners:
+        ratio = f"{ips[k] / ips['torchattacks']:.2f}x" if "torchattacks" in ips else "n/a"
+        agree = "n/a"
+        if ref is not None:
+            close = np.all(np.abs(outputs[k] - ref).reshape(args.batch, -1) <= 1e-3, axis=1)
+            agree = f"{100 * close.mean():.1f}%"
+        print(f"| {k} | {float(np.median(times[k])):.2f} | {ips[k]:.1f} | {ratio} | {agree} |")
+    for k, why in skipped.items():
+        print(f"| {k} | skipped: {why} | | | |")
+
+
+if __name__ == "__main__":
+    main()
