@@ -7,6 +7,7 @@ One module per family; this package re-exports a flat API and a name registry (`
 from advjax.attacks.apgd import apgd, apgd_ce, apgd_t
 from advjax.attacks.daa import daa_algorithm1, daa_blob, daa_dgf
 from advjax.attacks.gradient import bim, cw_pgd, fgm, fgsm, mim, multitargeted_pgd, pgd, rfgsm
+from advjax.attacks.wrm import wrm
 
 ATTACKS = {
     "fgsm": fgsm,
@@ -20,6 +21,8 @@ ATTACKS = {
     "apgd": apgd,
     "apgd_ce": apgd_ce,
     "apgd_t": apgd_t,
+    # Lagrangian, no ball (WRM / DRA): for training and studies, not a threat-model evaluation.
+    "wrm": wrm,
     # Batch-level (the evaluation batch is DAA's particle set; Algorithm 1 with R = 1):
     "daa_blob": daa_blob,
     "daa_dgf": daa_dgf,

@@ -11,6 +11,7 @@ import inspect
 from typing import Any, Callable, Dict, Mapping
 
 from advjax.objectives import at, mart, standard, trades
+from advjax.objectives import awp, udr, wrm
 from advjax.objectives._common import (Objective, accuracy, attack_logits_fn, mean_ce, result,
                                        train_forward)
 
@@ -21,6 +22,16 @@ OBJECTIVES: Dict[str, Callable[..., Objective]] = {
     "pgd_at": at.pgd_at,
     "trades": trades.make,
     "mart": mart.make,
+    # Distributional robustness (WRM / DRA, UDR) and adversarial weight perturbation:
+    "wrm": wrm.wrm,
+    "dra_inf": wrm.dra_inf,
+    "dra_multi": wrm.dra_multi,
+    "dra_mahalanobis": wrm.dra_mahalanobis,
+    "udr_pgd": udr.udr_pgd,
+    "udr_trades": udr.udr_trades,
+    "udr_mart": udr.udr_mart,
+    "awp": awp.awp_at,
+    "udr_awp": awp.udr_awp,
 }
 
 
