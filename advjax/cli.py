@@ -74,7 +74,7 @@ def _parse(argv):
     flags.DEFINE_integer("limit", 0, "eval/attack: number of test examples (0 = config).",
                          flag_values=fl)
     flags.DEFINE_string("attack", "", "attack: attack spec label from config.eval.attacks "
-                        "(default: the first).", flag_values=fl)
+                        "(default: the first iterative one).", flag_values=fl)
     flags.DEFINE_list("eps", [], "attack: eps values for the accuracy-vs-eps curve.",
                       flag_values=fl)
     flags.DEFINE_integer("num_images", 8, "attack: images in the PNG grid.", flag_values=fl)
@@ -114,7 +114,9 @@ def _cmd_attack(fl):
     if fl.attack and fl.attack not in labels:
         raise SystemExit(f"advjax attack: --attack={fl.attack!r} is not in config.eval.attacks; "
                          f"valid: {labels}")
-    spec = specs[labels.index(fl.attack)] if fl.attack else specs[0]
+    # Default: the first iterative attack (a spec with "steps"), more telling than a single step.
+    default = next((s for s in specs if "steps" in s), specs[0])
+    spec = specs[labels.index(fl.attack)] if fl.attack else default
     state, model = train.restore_state(config, fl.workdir)
     x, y = data.load_numpy(config.data.name, "test", data_dir=config.data.data_dir,
                            limit=fl.limit or config.eval.get("limit") or 1000)

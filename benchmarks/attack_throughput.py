@@ -54,45 +54,15 @@ def advjax_runner(variables, x, y, steps, **model_fields):
     return lambda: np.asarray(jax.block_until_ready(attack(xj, yj)))
 
 
-def torch_model(variables):
-    """The Madry CNN in PyTorch with the Flax weights (HWIO -> OIHW; NHWC flatten order)."""
-    import torch
-    import torch.nn as tnn
-    import torch.nn.functional as F
-
-    p = {k: {n: np.asarray(v) for n, v in d.items()} for k, d in variables["params"].items()}
-
-    class MadryCNN(tnn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv1 = tnn.Conv2d(1, 32, 5, padding=2)
-            self.conv2 = tnn.Conv2d(32, 64, 5, padding=2)
-            self.fc1 = tnn.Linear(7 * 7 * 64, 1024)
-            self.fc2 = tnn.Linear(1024, 10)
-
-        def forward(self, x):  # x: NCHW
-            x = F.max_pool2d(F.relu(self.conv1(x)), 2)
-            x = F.max_pool2d(F.relu(self.conv2(x)), 2)
-            x = x.permute(0, 2, 3, 1).flatten(1)  # Flax flattens NHWC
-            return self.fc2(F.relu(self.fc1(x)))
-
-    m = MadryCNN()
-    with torch.no_grad():
-        for name in ("conv1", "conv2"):
-            getattr(m, name).weight.copy_(torch.tensor(p[name]["kernel"].transpose(3, 2, 0, 1)))
-            getattr(m, name).bias.copy_(torch.tensor(p[name]["bias"]))
-        for name in ("fc1", "fc2"):
-            getattr(m, name).weight.copy_(torch.tensor(p[name]["kernel"].T))
-            getattr(m, name).bias.copy_(torch.tensor(p[name]["bias"]))
-    return m.eval()
-
-
 def torchattacks_runner(variables, x, y, steps):
     import torch
     import torchattacks
-    m = torch_model(variables)
+
+    from advjax import models
+    from advjax.testing.torch_twins import to_nchw, torch_twin
+    m = torch_twin(models.get_model("madry_cnn"), variables)
     atk = torchattacks.PGD(m, eps=EPS, alpha=STEP, steps=steps, random_start=False)
-    xt = torch.tensor(x).permute(0, 3, 1, 2).contiguous()
+    xt = to_nchw(x)
     yt = torch.tensor(y).long()
     return lambda: atk(xt, yt).permute(0, 2, 3, 1).numpy()
 

@@ -11,7 +11,6 @@ from advjax.config import default_config
 def get_config():
     c = default_config()
     c.data.name = "fashion_mnist"
-    c.data.train_limit = 20000
     c.model.name = "cnn4c3f"
     c.model.widths = (16, 32)
     c.model.fc_widths = (128,)
@@ -23,7 +22,7 @@ def get_config():
     c.optim.name = "adam"
     c.optim.lr = 1e-3
     c.optim.momentum = 0.0
-    c.train.epochs = 2
+    c.train.epochs = 1
     c.train.batch_size = 128
     c.train.log_every = 25
     c.eval.limit = 1000
