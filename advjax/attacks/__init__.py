@@ -4,6 +4,7 @@ One module per family; this package re-exports a flat API and a name registry (`
 `get_attack`) used by configs and the CLI.
 """
 
+from advjax.attacks.adt import adt_exp_attack
 from advjax.attacks.apgd import apgd, apgd_ce, apgd_t
 from advjax.attacks.daa import daa_algorithm1, daa_blob, daa_dgf
 from advjax.attacks.gradient import bim, cw_pgd, fgm, fgsm, mim, multitargeted_pgd, pgd, rfgsm
@@ -21,6 +22,8 @@ ATTACKS = {
     "apgd": apgd,
     "apgd_ce": apgd_ce,
     "apgd_t": apgd_t,
+    # ADT's EXP attack (per-example); "adt_exp_am" / "adt_imp_am" register from advjax.objectives.adt.
+    "adt_exp": adt_exp_attack,
     # Lagrangian, no ball (WRM / DRA): for training and studies, not a threat-model evaluation.
     "wrm": wrm,
     # Batch-level (the evaluation batch is DAA's particle set; Algorithm 1 with R = 1):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import inspect
 from typing import Any, Callable, Dict, Mapping
 
-from advjax.objectives import at, mart, standard, trades
+from advjax.objectives import adt, at, mart, standard, trades
 from advjax.objectives import awp, udr, wrm
 from advjax.objectives._common import (Objective, accuracy, attack_logits_fn, mean_ce, result,
                                        train_forward)
@@ -32,6 +32,10 @@ OBJECTIVES: Dict[str, Callable[..., Objective]] = {
     "udr_mart": udr.udr_mart,
     "awp": awp.awp_at,
     "udr_awp": awp.udr_awp,
+    "adt_exp": adt.adt_exp,
+    "adt_exp_am": adt.adt_exp_am,
+    "adt_imp_am": adt.adt_imp_am,
+    "adt_exp_trades": adt.adt_exp_trades,
 }
 
 
