@@ -59,5 +59,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.distributed.process_id = 0
     c.distributed.auto = False
     c.distributed.cpu_collectives = ""       # "gloo" for multi-process CPU runs
-    c.distributed.initialization_timeout = 300
+    c.distributed.initialization_timeout = 300  # s to wait for every process to connect
+    c.distributed.heartbeat_timeout = 100       # s without heartbeats before a process counts as dead
+    c.distributed.shutdown_timeout = 300        # s a finished process waits for the others at exit
     return c

@@ -286,6 +286,18 @@ def _devices(config):
     return devices[:n]
 
 
+def _pmap_devices(devices):
+    """The device list for `jax.pmap`: the local devices in a single-process run; in a multi-process
+    run every process must pass the same global list (process 0's devices, then process 1's, ...),
+    so the mapped axis spans all processes and `axis_index` is the global device index."""
+    if jax.process_count() == 1:
+        return devices
+    if list(devices) != list(jax.local_devices()):
+        raise ValueError("train.num_devices must be 0 (all local devices) in a multi-process run")
+    global_devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
+    return global_devices
+
+
 def _shard(batch, n_dev):
     return {k: v.reshape((n_dev, v.shape[0] // n_dev) + v.shape[1:]) for k, v in batch.items()}
 
@@ -340,11 +352,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
         state = ckpt.restore(state)
         print(f"Resumed from checkpoint at step {int(state.step)} in {workdir}", flush=True)
     start_step = int(state.step)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(config.to_json_best_effort(indent=2))
+    if is_lead:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2))
+    if jax.process_count() > 1:
+        print(f"process {jax.process_index()} of {jax.process_count()}: {n_dev} local devices, "
+              f"{config.train.batch_size // jax.process_count()} examples per step from data shard "
+              f"{jax.process_index()}, starting at step {start_step}", flush=True)
 
     p_step = jax.pmap(functools.partial(train_step, objective=b["objective"], base_key=base_key),
-                      axis_name=AXIS, devices=devices, donate_argnums=(0,))
+                      axis_name=AXIS, devices=_pmap_devices(devices), donate_argnums=(0,))
     rstate = jax_utils.replicate(state, devices)
     writer = MetricsWriter(workdir, enabled=is_lead, resume_step=start_step)
     local_bs = config.train.batch_size // jax.process_count()
