@@ -8,6 +8,7 @@ from advjax.attacks.adt import adt_exp_attack
 from advjax.attacks.apgd import apgd, apgd_ce, apgd_t
 from advjax.attacks.daa import daa_algorithm1, daa_blob, daa_dgf
 from advjax.attacks.gradient import bim, cw_pgd, fgm, fgsm, mim, multitargeted_pgd, pgd, rfgsm
+from advjax.attacks.tamoo import tamoo_ens, tamoo_eot, tamoo_uni
 from advjax.attacks.wrm import wrm
 
 ATTACKS = {
@@ -29,6 +30,10 @@ ATTACKS = {
     # Batch-level (the evaluation batch is DAA's particle set; Algorithm 1 with R = 1):
     "daa_blob": daa_blob,
     "daa_dgf": daa_dgf,
+    # TA-MOO (thesis Ch. 4): EoT per-example; UNI batch-level (groups of K images share one delta).
+    # tamoo_ens takes a list of member logits functions, so it is exported but not registered.
+    "tamoo_eot": tamoo_eot,
+    "tamoo_uni": tamoo_uni,
 }
 
 
@@ -48,4 +53,4 @@ def get_attack(name):
         raise ValueError(f"unknown attack {name!r}; valid: {sorted(ATTACKS)}") from None
 
 
-__all__ = ["ATTACKS", "daa_algorithm1", "get_attack", "register_attack"] + sorted(ATTACKS)
+__all__ = ["ATTACKS", "daa_algorithm1", "tamoo_ens", "get_attack", "register_attack"] + sorted(ATTACKS)

@@ -1,0 +1,410 @@
+"""TA-MOO, Task-Oriented Multi-Objective Optimization attacks (thesis Ch. 4, Sec. 3, Alg. 1, Thm. 1).
+
+An attack with m tasks maximizes losses f_1..f_m of one perturbation delta. Every step of Algorithm 1
+computes the per-task gradients G (m x d), Q = G G^T, weights w on the simplex and steps along
+g = sum_i w_i grad f_i:  delta <- Pi(delta + eta_delta v*(g)) (v* = sign for linf, Alg. 1 lines 11-13).
+
+Weightings (`weighting`):
+  * "uniform": w = 1/m (PGD on the sum of the losses).
+  * "moo":     MGDA (Ch. 2, Eq. 2.31): w = argmin_{w in simplex} w^T Q w, by K gradient steps on
+               alpha with w = softmax(alpha), alpha warm-started across attack steps (Alg. 1 lines 6-10).
+  * "tamoo":   Ch. 4, Eq. 3: w^T Q w + lambda Omega(w), Omega of Theorem 1 (Eq. 6) with the achieved
+               tasks of the current iterate; with no achieved task Omega = 0 and TA-MOO is MOO exactly.
+  * "minmax":  Wang et al. (2021), max_delta min_{w in simplex} sum_i w_i f_i + gamma/2 ||w - 1/m||^2
+               (gamma = 3): one projected-gradient step on w per attack step (learning rate
+               `minmax_lr`, warm-started), then the delta step along sum_i w_i grad f_i.
+
+Omega for s = m (every task achieved): the thesis leaves it undefined (the extended simplex
+{0_s} x S_u is empty); we use Omega = sum_i w_i^2 (the first sum of Eq. 6 alone, i.e. the distance to
+the origin), which is what the authors' code (1e-8 added to m - s) gives up to a w-independent
+constant, so the w gradients agree.
+
+Settings (Ch. 4, Sec. 3.2): each is a function `attack(..., x, y, *, key, eps, step_size, steps, ...)`.
+  * `tamoo_ens(logits_fns, x, y, ...)`: ENS, f_i = loss(h_i(x + delta), y), goal argmax h_i != y;
+    per-example (weights per example).
+  * `tamoo_eot(logits_fn, x, y, ...)`: EoT over the seven deterministic transformations of Table 9
+    (`EOT_TRANSFORMS`), f_i = loss(h(t_i(x + delta)), y); per-example.
+  * `tamoo_uni(logits_fn, x, y, ..., group_size=K)`: UNI, one delta shared by each group of K
+    consecutive images, f_i = loss(h(x_i + delta), y_i). BATCH-LEVEL: examples interact within groups
+    (`tamoo_uni.batch_level = True`); the batch size must be a multiple of K.
+Metrics: `a_all` (fraction of problems with every task achieved) and `a_avg` (mean task success);
+`ens_success`, `eot_success`, `uni_success` give the (problems, m) success matrices.
+
+Defaults (App. C): eta_w = 0.005, K = 10, lambda = 100; losses "ce", "kl" or "cw" (C&W margin
+relu(max_{j != y} z_j - z_y + 50), App. C) or any (logits, y) -> per-example loss.
+Not implemented: the stochastic EoT ranges, App. D.4's gradient memory; App. E.1's entropy bonus is
+`entropy_weight` (0 by default; the authors' code uses 20 for EoT).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from advjax import losses as losses_lib
+from advjax import threat
+from advjax.attacks import _validation as v
+
+WEIGHTINGS = ("uniform", "moo", "tamoo", "minmax")
+
+
+# ----------------------------------------------------------------------------------------------
+# Simplex weights
+# ----------------------------------------------------------------------------------------------
+
+def omega(w: jax.Array, achieved: jax.Array) -> jax.Array:
+    """Theorem 1 (Ch. 4, Eq. 6): squared distance of w in the simplex to the extended simplex
+    {0_s} x S_u, = sum_{achieved} w_i^2 + (1 - sum_{unachieved} w_i)^2 / (m - s).
+
+    s = number of achieved tasks. On the simplex 1 - sum_{unachieved} w_i = sum_{achieved} w_i; the
+    right-hand side is what we compute, so that Omega and its gradient are exactly 0 when s = 0 (TA-MOO
+    is then MOO bit for bit). s = m gives sum_i w_i^2 (see the module docstring). Last axis = tasks.
+    """
+    achieved = achieved.astype(bool)
+    m_minus_s = jnp.sum(~achieved, axis=-1)
+    w_achieved = jnp.where(achieved, w, 0.0)
+    achieved_part = jnp.sum(w_achieved * w_achieved, axis=-1)
+    gap = jnp.sum(w_achieved, axis=-1)
+    unachieved_part = jnp.where(m_minus_s > 0, gap * gap / jnp.maximum(m_minus_s, 1), 0.0)
+    return achieved_part + unachieved_part
+
+
+def weight_objective(alpha, q, achieved, lam, entropy_weight=0.0):
+    """softmax(alpha)^T Q softmax(alpha) + lambda Omega (Ch. 4, Eq. 3) for one problem (alpha (m,)).
+
+    entropy_weight > 0 subtracts that multiple of the entropy of the unachieved weights (App. E.1)."""
+    w = jax.nn.softmax(alpha)
+    value = w @ q @ w + lam * omega(w, achieved)
+    if entropy_weight:
+        ent = -jnp.sum(jnp.where(achieved, 0.0, w * jnp.log(w + 1e-12)))
+        value = value - entropy_weight * ent
+    return value
+
+
+def solve_weights(alpha, q, achieved, *, lam=0.0, lr=0.005, inner_steps=10, entropy_weight=0.0):
+    """K steps of gradient descent on alpha (Ch. 4, Alg. 1 lines 6-10); batched over leading axes.
+
+    Returns the new alpha (warm start for the next attack step); w = softmax(alpha)."""
+    grad_fn = jax.grad(weight_objective)
+    for _ in range(q.ndim - 2):
+        grad_fn = jax.vmap(grad_fn, in_axes=(0, 0, 0, None, None))
+
+    def body(_, a):
+        return a - lr * grad_fn(a, q, achieved, lam, entropy_weight)
+
+    return jax.lax.fori_loop(0, inner_steps, body, alpha)
+
+
+def project_simplex(w: jax.Array) -> jax.Array:
+    """Euclidean projection of each row (last axis) onto the probability simplex (sort-based)."""
+    m = w.shape[-1]
+    u = jnp.sort(w, axis=-1)[..., ::-1]
+    css = jnp.cumsum(u, axis=-1)
+    ks = jnp.arange(1, m + 1, dtype=w.dtype)
+    cond = u - (css - 1.0) / ks > 0
+    rho = jnp.max(jnp.where(cond, jnp.arange(m), 0), axis=-1, keepdims=True)
+    theta = (jnp.take_along_axis(css, rho, axis=-1) - 1.0) / (rho + 1).astype(w.dtype)
+    return jnp.maximum(w - theta, 0.0)
+
+
+def minmax_weights(w, task_losses, *, gamma=3.0, lr=0.01):
+    """One projected-gradient step on w of min_w sum_i w_i f_i + gamma/2 ||w - 1/m||^2 (Wang et al.
+    2021, the MinMax baseline of Ch. 4, Sec. 4); batched over leading axes."""
+    m = w.shape[-1]
+    grad = task_losses + gamma * (w - 1.0 / m)
+    return project_simplex(w - lr * grad)
+
+
+# ----------------------------------------------------------------------------------------------
+# The attack loop (Algorithm 1)
+# ----------------------------------------------------------------------------------------------
+
+def _task_gradients(task_fn, delta):
+    """(losses (P, m), achieved (P, m), grads (P, m, ...)) with one forward pass and m backward passes.
+
+    task_fn(delta) -> (losses, achieved); problem p's losses depend on delta[p] only."""
+    (task_losses, vjp_fn, achieved) = jax.vjp(task_fn, delta, has_aux=True)
+    m = task_losses.shape[1]
+
+    def grad_of_task(i):
+        cot = jnp.zeros_like(task_losses).at[:, i].set(1.0)
+        return vjp_fn(cot)[0]
+
+    grads = jax.vmap(grad_of_task)(jnp.arange(m))            # (m, P, ...)
+    return task_losses, achieved, jnp.moveaxis(grads, 0, 1)
+
+
+def _moo_attack(task_fn, delta0, project, *, m, step_size, steps, norm, weighting, lam, lr_w,
+                inner_steps, gamma, minmax_lr, entropy_weight):
+    """Algorithm 1 of Ch. 4 on a (P, ...) perturbation; returns the last iterate delta_L."""
+    problems = delta0.shape[0]
+    alpha0 = jnp.full((problems, m), 1.0 / m, delta0.dtype)   # Alg. 1 line 2
+    w0 = jnp.full((problems, m), 1.0 / m, delta0.dtype)
+
+    def body(_, carry):
+        delta, alpha, w_mm = carry
+        task_losses, achieved, grads = _task_gradients(task_fn, delta)
+        flat = grads.reshape(problems, m, -1)
+        if weighting == "uniform":
+            w = w0
+        elif weighting == "minmax":
+            w_mm = minmax_weights(w_mm, jax.lax.stop_gradient(task_losses), gamma=gamma,
+                                  lr=minmax_lr)
+            w = w_mm
+        else:
+            q = jnp.einsum("pid,pjd->pij", flat, flat)
+            reg = lam if weighting == "tamoo" else 0.0
+            alpha = solve_weights(alpha, q, achieved, lam=reg, lr=lr_w, inner_steps=inner_steps,
+                                  entropy_weight=entropy_weight if weighting == "tamoo" else 0.0)
+            w = jax.nn.softmax(alpha, axis=-1)
+        g = jnp.einsum("pi,pi...->p...", w, grads)
+        delta = project(delta + (step_size * threat.steepest_ascent(g, norm)).astype(delta.dtype))
+        return delta, alpha, w_mm
+
+    delta, _, _ = jax.lax.fori_loop(0, steps, body, (delta0, alpha0, w0))
+    return delta
+
+
+def _check(weighting, eps, step_size, steps, norm, key, random_start):
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+    threat.check_norm(norm)
+    v.check_nonnegative(eps, "eps")
+    v.check_nonnegative(step_size, "step_size")
+    v.check_key(key, random_start, "random_start=True")
+    return v.check_positive_int(steps, "steps")
+
+
+def _resolve_loss(loss):
+    if loss == "kl":
+        return None  # needs natural logits per task: handled by the callers
+    if loss == "cw":
+        return lambda logits, y: jax.nn.relu(losses_lib.cw_margin(logits, y) + 50.0)
+    return losses_lib.get_loss(loss)
+
+
+def _task_loss(loss, logits, y, logits_nat):
+    if loss == "kl":
+        return losses_lib.kl_divergence(jax.lax.stop_gradient(logits_nat), logits)
+    return _resolve_loss(loss)(logits, y)
+
+
+def _start(key, x, eps, norm, random_start):
+    if random_start:
+        return threat.random_init(key, x, eps, norm)
+    return jnp.zeros_like(x)
+
+
+_COMMON_DOC = """
+    weighting: "uniform" | "moo" | "tamoo" | "minmax". lam: lambda of Eq. 3 (TA-MOO only). lr_w,
+    inner_steps: eta_w and K of Alg. 1. gamma, minmax_lr: MinMax's gamma and weight learning rate.
+    loss: "ce" | "kl" | "cw" | callable. random_start: delta_0 ~ U(ball) (Alg. 1 line 1)."""
+
+
+def tamoo_ens(logits_fns: Sequence[Callable], x: jax.Array, y: jax.Array, *,
+              key: Optional[jax.Array] = None, eps, step_size, steps: int, norm: str = "linf",
+              weighting: str = "tamoo", loss="ce", lam: float = 100.0, lr_w: float = 0.005,
+              inner_steps: int = 10, gamma: float = 3.0, minmax_lr: float = 0.01,
+              entropy_weight: float = 0.0, random_start: bool = True) -> jax.Array:
+    """ENS (Ch. 4, Sec. 3.2): one perturbation per example against every member h_i of an ensemble;
+    task i = fool member i (argmax h_i(x + delta) != y). Per-example."""
+    steps = _check(weighting, eps, step_size, steps, norm, key, random_start)
+    fns = tuple(logits_fns)
+    nat = [f(x) for f in fns] if loss == "kl" else [None] * len(fns)
+
+    def task_fn(delta):
+        xa = threat.clip_to_box(x + delta)
+        outs = [f(xa) for f in fns]
+        task_losses = jnp.stack([_task_loss(loss, o, y, n) for o, n in zip(outs, nat)], axis=1)
+        achieved = jnp.stack([jnp.argmax(o, -1) != y for o in outs], axis=1)
+        return task_losses, achieved
+
+    project = lambda d: threat.project_to_threat(x + d, x, eps, norm) - x
+    delta0 = project(_start(key, x, eps, norm, random_start))
+    delta = _moo_attack(task_fn, delta0, project, m=len(fns), step_size=step_size, steps=steps,
+                        norm=norm, weighting=weighting, lam=lam, lr_w=lr_w,
+                        inner_steps=inner_steps, gamma=gamma, minmax_lr=minmax_lr,
+                        entropy_weight=entropy_weight)
+    return threat.project_to_threat(x + delta, x, eps, norm)
+
+
+tamoo_ens.__doc__ += _COMMON_DOC
+
+
+def tamoo_uni(logits_fn: Callable, x: jax.Array, y: jax.Array, *, key: Optional[jax.Array] = None,
+              eps, step_size, steps: int, group_size: int, norm: str = "linf",
+              weighting: str = "tamoo", loss="ce", lam: float = 100.0, lr_w: float = 0.005,
+              inner_steps: int = 10, gamma: float = 3.0, minmax_lr: float = 0.01,
+              entropy_weight: float = 0.0, random_start: bool = True) -> jax.Array:
+    """UNI (Ch. 4, Sec. 3.2): one perturbation shared by each group of `group_size` = K consecutive
+    images; task i = fool image i of the group. BATCH-LEVEL (batch size a multiple of K)."""
+    steps = _check(weighting, eps, step_size, steps, norm, key, random_start)
+    k = v.check_positive_int(group_size, "group_size")
+    if x.shape[0] % k:
+        raise ValueError(f"batch size {x.shape[0]} is not a multiple of group_size {k}")
+    groups = x.shape[0] // k
+    xg = x.reshape((groups, k) + x.shape[1:])
+    nat = logits_fn(x) if loss == "kl" else None
+
+    def task_fn(delta):
+        xa = threat.clip_to_box(xg + delta[:, None]).reshape(x.shape)
+        out = logits_fn(xa)
+        task_losses = _task_loss(loss, out, y, nat).reshape(groups, k)
+        achieved = (jnp.argmax(out, -1) != y).reshape(groups, k)
+        return task_losses, achieved
+
+    project = lambda d: threat.project(d, eps, norm)
+    delta0 = project(_start(key, xg[:, 0], eps, norm, random_start))
+    delta = _moo_attack(task_fn, delta0, project, m=k, step_size=step_size, steps=steps,
+                        norm=norm, weighting=weighting, lam=lam, lr_w=lr_w,
+                        inner_steps=inner_steps, gamma=gamma, minmax_lr=minmax_lr,
+                        entropy_weight=entropy_weight)
+    x_adv = threat.clip_to_box(xg + delta[:, None]).reshape(x.shape)
+    return x_adv.astype(x.dtype)
+
+
+tamoo_uni.__doc__ += _COMMON_DOC
+tamoo_uni.batch_level = True
+
+
+# ----------------------------------------------------------------------------------------------
+# EoT: the deterministic transformations of Table 9 (Ch. 4, App. C), NHWC in [0, 1]
+# ----------------------------------------------------------------------------------------------
+
+def identity(x):
+    """t(x) = x."""
+    return x
+
+
+def hflip(x):
+    """Horizontal flip (width axis)."""
+    return x[:, :, ::-1, :]
+
+
+def vflip(x):
+    """Vertical flip (height axis)."""
+    return x[:, ::-1, :, :]
+
+
+def center_crop_resize(x, fraction: float = 0.6):
+    """The central `fraction` of height and width, resized back bilinearly (Table 9: crop 0.6)."""
+    _, h, w, ch = x.shape
+    ch_h, ch_w = max(1, round(h * fraction)), max(1, round(w * fraction))
+    top, left = (h - ch_h) // 2, (w - ch_w) // 2
+    crop = x[:, top:top + ch_h, left:left + ch_w, :]
+    return jnp.clip(jax.image.resize(crop, x.shape, "bilinear"), 0.0, 1.0)
+
+
+def brightness(x, factor: float = 1.3):
+    """clip(factor * x, 0, 1) (Table 9: brightness 1.3)."""
+    return jnp.clip(x * factor, 0.0, 1.0)
+
+
+def gamma_correction(x, gamma: float = 1.3):
+    """x ** gamma (Table 9: gamma 1.3); stays in [0, 1]."""
+    return jnp.power(jnp.clip(x, 0.0, 1.0), gamma)
+
+
+def rotate(x, degrees: float = 10.0):
+    """Rotation by `degrees` counter-clockwise (as displayed, row 0 on top; torchvision's convention)
+    about the image center, bilinear, zero fill (Table 9: rotation 10)."""
+    _, h, w, _ = x.shape
+    theta = -math.radians(degrees)
+    cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
+    rows, cols = jnp.meshgrid(jnp.arange(h, dtype=x.dtype), jnp.arange(w, dtype=x.dtype),
+                              indexing="ij")
+    # Inverse map: output pixel (r, c) samples the input at the point rotated by -theta.
+    src_r = cy + (rows - cy) * math.cos(theta) - (cols - cx) * math.sin(theta)
+    src_c = cx + (rows - cy) * math.sin(theta) + (cols - cx) * math.cos(theta)
+
+    def one_channel(img):
+        return jax.scipy.ndimage.map_coordinates(img, [src_r, src_c], order=1, mode="constant",
+                                                 cval=0.0)
+
+    per_image = jax.vmap(one_channel, in_axes=2, out_axes=2)     # over channels
+    return jnp.clip(jax.vmap(per_image)(x), 0.0, 1.0)
+
+
+EOT_TRANSFORMS = {
+    "identity": identity,
+    "hflip": hflip,
+    "vflip": vflip,
+    "center_crop": center_crop_resize,
+    "brightness": brightness,
+    "rotation": rotate,
+    "gamma": gamma_correction,
+}
+
+
+def _transforms(names):
+    names = tuple(EOT_TRANSFORMS) if names is None else tuple(names)
+    unknown = [n for n in names if n not in EOT_TRANSFORMS]
+    if unknown:
+        raise ValueError(f"unknown EoT transforms {unknown}; valid: {sorted(EOT_TRANSFORMS)}")
+    return [EOT_TRANSFORMS[n] for n in names]
+
+
+def tamoo_eot(logits_fn: Callable, x: jax.Array, y: jax.Array, *, key: Optional[jax.Array] = None,
+              eps, step_size, steps: int, transforms: Optional[Sequence[str]] = None,
+              norm: str = "linf", weighting: str = "tamoo", loss="ce", lam: float = 100.0,
+              lr_w: float = 0.005, inner_steps: int = 10, gamma: float = 3.0,
+              minmax_lr: float = 0.01, entropy_weight: float = 0.0,
+              random_start: bool = True) -> jax.Array:
+    """EoT (Ch. 4, Sec. 3.2, Table 9): one perturbation per example that fools the model under every
+    deterministic transformation t_i (`transforms`, names of EOT_TRANSFORMS, default all seven);
+    task i = argmax h(t_i(x + delta)) != y. Per-example."""
+    steps = _check(weighting, eps, step_size, steps, norm, key, random_start)
+    ts = _transforms(transforms)
+    nat = [logits_fn(t(x)) for t in ts] if loss == "kl" else [None] * len(ts)
+
+    def task_fn(delta):
+        xa = threat.clip_to_box(x + delta)
+        outs = [logits_fn(t(xa)) for t in ts]
+        task_losses = jnp.stack([_task_loss(loss, o, y, n) for o, n in zip(outs, nat)], axis=1)
+        achieved = jnp.stack([jnp.argmax(o, -1) != y for o in outs], axis=1)
+        return task_losses, achieved
+
+    project = lambda d: threat.project_to_threat(x + d, x, eps, norm) - x
+    delta0 = project(_start(key, x, eps, norm, random_start))
+    delta = _moo_attack(task_fn, delta0, project, m=len(ts), step_size=step_size, steps=steps,
+                        norm=norm, weighting=weighting, lam=lam, lr_w=lr_w,
+                        inner_steps=inner_steps, gamma=gamma, minmax_lr=minmax_lr,
+                        entropy_weight=entropy_weight)
+    return threat.project_to_threat(x + delta, x, eps, norm)
+
+
+tamoo_eot.__doc__ += _COMMON_DOC
+
+
+# ----------------------------------------------------------------------------------------------
+# Metrics (Ch. 4, Sec. 4)
+# ----------------------------------------------------------------------------------------------
+
+def a_all(success: jax.Array) -> jax.Array:
+    """A-All: fraction of problems (rows) whose every task succeeded; success is (P, m) bool."""
+    return jnp.mean(jnp.all(success, axis=1))
+
+
+def a_avg(success: jax.Array) -> jax.Array:
+    """A-Avg: mean task success over all problems and tasks."""
+    return jnp.mean(success.astype(jnp.float32))
+
+
+def ens_success(logits_fns, x_adv, y):
+    """(B, m): member i misclassifies x_adv."""
+    return jnp.stack([jnp.argmax(f(x_adv), -1) != y for f in logits_fns], axis=1)
+
+
+def eot_success(logits_fn, x_adv, y, transforms=None):
+    """(B, m): the model misclassifies t_i(x_adv)."""
+    return jnp.stack([jnp.argmax(logits_fn(t(x_adv)), -1) != y for t in _transforms(transforms)],
+                     axis=1)
+
+
+def uni_success(logits_fn, x_adv, y, group_size):
+    """(B / K, K): image i of each group is misclassified."""
+    wrong = jnp.argmax(logits_fn(x_adv), -1) != y
+    return wrong.reshape(-1, group_size)

@@ -1,0 +1,471 @@
+"""Thesis Ch. 3 (ADR, ASCL) and Ch. 4 (TA-MOO, ensembles, CCE): closed forms against brute force,
+masks against loop constructions from the definitions, and reductions to the baselines."""
+
+from __future__ import annotations
+
+import functools
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from advjax import attacks, losses, models
+from advjax.attacks import tamoo
+from advjax.models.ensemble import Ensemble, member_model, member_variables, stack_member_variables
+from advjax.objectives import adr, ascl, at, cce, trades
+
+EPS = 0.1
+
+
+def assert_in_ball_and_box(x_adv, x, eps, atol=1e-6):
+    assert x_adv.shape == x.shape and x_adv.dtype == x.dtype
+    assert float(jnp.max(jnp.abs(x_adv - x))) <= eps + atol
+    assert float(jnp.min(x_adv)) >= 0.0 and float(jnp.max(x_adv)) <= 1.0
+
+
+# ------------------------------------------------------------------------------------------------
+# TA-MOO: Theorem 1, the weight solver, reductions
+# ------------------------------------------------------------------------------------------------
+
+def simplex_grid(dim, steps):
+    """All points of the probability simplex in R^dim with coordinates in multiples of 1/steps."""
+    pts = [c for c in itertools.product(range(steps + 1), repeat=dim - 1) if sum(c) <= steps]
+    pts = np.array([list(c) + [steps - sum(c)] for c in pts], dtype=np.float64) / steps
+    return pts
+
+
+def brute_force_distance_to_extended_simplex(w, achieved, steps=400):
+    """min over pi in {0_s} x simplex(m - s) of ||w - pi||^2, over a grid of the simplex (m - s <= 3)."""
+    un = ~achieved
+    grid = simplex_grid(int(un.sum()), steps)
+    return float(np.sum(w[achieved] ** 2) + np.min(np.sum((grid - w[un]) ** 2, axis=1)))
+
+
+@pytest.mark.parametrize("m", [2, 3, 4])
+def test_theorem1_closed_form_is_the_squared_distance_to_the_extended_simplex(m):
+    rng = np.random.default_rng(m)
+    for _ in range(6):
+        w = rng.dirichlet(np.ones(m))
+        achieved = rng.random(m) < 0.5
+        if achieved.all():
+            achieved[rng.integers(m)] = False
+        if (~achieved).sum() > 3:
+            achieved[: m - 3] = True
+        closed = float(tamoo.omega(jnp.asarray(w, jnp.float32), jnp.asarray(achieved)))
+        brute = brute_force_distance_to_extended_simplex(w, achieved)
+        # Lemma 1's projection: the unachieved part projected onto the simplex.
+        proj = np.asarray(tamoo.project_simplex(jnp.asarray(w[~achieved])))
+        lemma = float(np.sum(w[achieved] ** 2) + np.sum((w[~achieved] - proj) ** 2))
+        np.testing.assert_allclose(closed, lemma, atol=1e-6)
+        np.testing.assert_allclose(closed, brute, atol=2e-4)
+
+
+def test_omega_zero_without_achieved_tasks_and_sum_of_squares_when_all_are():
+    w = jnp.array([0.2, 0.3, 0.5])
+    assert float(tamoo.omega(w, jnp.zeros(3, bool))) == 0.0
+    np.testing.assert_allclose(tamoo.omega(w, jnp.ones(3, bool)), float(jnp.sum(w * w)), rtol=1e-6)
+
+
+def _grid_min(q, achieved, lam, steps=300):
+    grid = simplex_grid(q.shape[0], steps)
+    vals = np.einsum("gi,ij,gj->g", grid, q, grid)
+    if lam:
+        vals = vals + lam * np.asarray(jax.vmap(lambda w: tamoo.omega(w, achieved))(
+            jnp.asarray(grid, jnp.float32)))
+    return float(vals.min())
+
+
+@pytest.mark.parametrize("m,lam,n_achieved", [(2, 0.0, 0), (3, 0.0, 0), (3, 1.0, 1), (2, 1.0, 1)])
+def test_softmax_weight_solver_reaches_the_brute_force_minimum(m, lam, n_achieved):
+    rng = np.random.default_rng(10 * m + n_achieved)
+    for _ in range(3):
+        g = rng.normal(size=(m, 5)) * rng.uniform(0.3, 1.5, size=(m, 1))
+        q = g @ g.T
+        achieved = jnp.arange(m) < n_achieved
+        alpha = tamoo.solve_weights(jnp.zeros(m), jnp.asarray(q, jnp.float32), achieved, lam=lam,
+                                    lr=0.5, inner_steps=3000)
+        w = jax.nn.softmax(alpha)
+        value = float(w @ q @ w + lam * tamoo.omega(w, achieved))
+        best = _grid_min(q, achieved, lam)
+        assert value <= best + 2e-3 * max(1.0, abs(best)), (value, best)
+    # Batched: a leading problem axis gives the same answers as single problems.
+    qs = jnp.asarray(np.stack([q, 2 * q]), jnp.float32)
+    ach = jnp.stack([achieved, achieved])
+    batched = tamoo.solve_weights(jnp.zeros((2, m)), qs, ach, lam=lam, lr=0.1, inner_steps=20)
+    single = tamoo.solve_weights(jnp.zeros(m), qs[1], achieved, lam=lam, lr=0.1, inner_steps=20)
+    np.testing.assert_allclose(batched[1], single, rtol=1e-5, atol=1e-6)
+
+
+def test_minmax_weights_stay_on_the_simplex_and_favour_low_losses():
+    w = jnp.full((4, 3), 1 / 3)
+    task_losses = jnp.array([[0.0, 1.0, 2.0]] * 4)
+    for _ in range(50):
+        w = tamoo.minmax_weights(w, task_losses, gamma=3.0, lr=0.1)
+    np.testing.assert_allclose(jnp.sum(w, -1), 1.0, atol=1e-6)
+    assert float(jnp.min(w)) >= 0.0
+    assert bool(jnp.all(w[:, 0] > w[:, 1])) and bool(jnp.all(w[:, 1] >= w[:, 2]))
+    # Fixed point of the inner min: w = proj(1/m - losses / gamma).
+    np.testing.assert_allclose(w[0], tamoo.project_simplex(1 / 3 - task_losses[0] / 3.0), atol=1e-4)
+
+
+def linear_member(key, d, classes, bias=None):
+    k1, k2 = jax.random.split(key)
+    w = jax.random.normal(k1, (d, classes))
+    b = jnp.zeros(classes) if bias is None else bias
+    return lambda x: x.reshape(x.shape[0], -1) @ w + b
+
+
+def test_tamoo_equals_moo_when_no_task_is_achieved():
+    # Members that always predict class 0 inside the ball: no task is ever achieved.
+    key = jax.random.PRNGKey(0)
+    bias = jnp.array([1e3, 0.0, 0.0])
+    fns = [linear_member(k, 12, 3, bias) for k in jax.random.split(key, 3)]
+    x = jax.random.uniform(jax.random.PRNGKey(1), (5, 3, 4, 1))
+    y = jnp.zeros(5, jnp.int32)
+    kw = dict(key=jax.random.PRNGKey(2), eps=EPS, step_size=0.02, steps=6, lr_w=0.5)
+    moo = tamoo.tamoo_ens(fns, x, y, weighting="moo", **kw)
+    ta = tamoo.tamoo_ens(fns, x, y, weighting="tamoo", lam=100.0, **kw)
+    assert not bool(jnp.any(tamoo.ens_success(fns, ta, y)))
+    np.testing.assert_array_equal(np.asarray(moo), np.asarray(ta))
+    # ... and differs once tasks are achieved (no bias: members are fooled quickly).
+    fns2 = [linear_member(k, 12, 3) for k in jax.random.split(key, 3)]
+    y2 = jnp.argmax(fns2[0](x), -1)
+    kw2 = dict(kw, steps=10, eps=0.5, step_size=0.1)
+    moo2 = tamoo.tamoo_ens(fns2, x, y2, weighting="moo", **kw2)
+    ta2 = tamoo.tamoo_ens(fns2, x, y2, weighting="tamoo", lam=100.0, **kw2)
+    assert not np.array_equal(np.asarray(moo2), np.asarray(ta2))
+
+
+def test_uniform_weighting_is_pgd_on_the_summed_loss():
+    fns = [linear_member(k, 12, 3) for k in jax.random.split(jax.random.PRNGKey(3), 2)]
+    x = jax.random.uniform(jax.random.PRNGKey(4), (6, 3, 4, 1))
+    y = jnp.argmax(fns[0](x), -1)
+    kw = dict(eps=EPS, step_size=0.02, steps=5)
+    out = tamoo.tamoo_ens(fns, x, y, weighting="uniform", random_start=False, **kw)
+
+    summed = lambda xa: sum(jnp.sum(losses.cross_entropy(f(xa), y)) for f in fns)
+    ref = x
+    for _ in range(5):  # PGD on the summed loss, written out
+        ref = ref + 0.02 * jnp.sign(jax.grad(summed)(ref))
+        ref = jnp.clip(x + jnp.clip(ref - x, -EPS, EPS), 0.0, 1.0)
+    np.testing.assert_allclose(out, ref, atol=1e-6)
+
+
+@pytest.mark.parametrize("weighting", tamoo.WEIGHTINGS)
+def test_tamoo_attacks_stay_in_the_ball_and_box(weighting):
+    key = jax.random.PRNGKey(5)
+    fns = [linear_member(k, 16 * 16, 4) for k in jax.random.split(key, 3)]
+    x = jax.random.uniform(jax.random.PRNGKey(6), (4, 16, 16, 1))
+    y = jnp.argmax(fns[0](x), -1)
+    kw = dict(key=key, eps=EPS, step_size=0.04, steps=4, weighting=weighting)
+    assert_in_ball_and_box(tamoo.tamoo_ens(fns, x, y, **kw), x, EPS)
+    eot = jax.jit(lambda x, y: tamoo.tamoo_eot(fns[0], x, y, **kw))(x, y)
+    assert_in_ball_and_box(eot, x, EPS)
+    # UNI: one perturbation per group (inputs away from the box edges, so no clipping).
+    xm = 0.3 + 0.4 * x
+    uni = tamoo.tamoo_uni(fns[1], xm, y, group_size=2, **kw)
+    assert_in_ball_and_box(uni, xm, EPS)
+    d = np.asarray(uni - xm).reshape(2, 2, -1)
+    np.testing.assert_allclose(d[:, 0], d[:, 1], atol=1e-6)
+    assert tamoo.tamoo_uni.batch_level is True
+    succ = tamoo.uni_success(fns[1], uni, y, 2)
+    assert succ.shape == (2, 2)
+    assert 0.0 <= float(tamoo.a_all(succ)) <= float(tamoo.a_avg(succ)) <= 1.0
+
+
+def test_a_all_and_a_avg():
+    s = jnp.array([[True, True], [True, False], [False, False]])
+    assert float(tamoo.a_all(s)) == pytest.approx(1 / 3)
+    assert float(tamoo.a_avg(s)) == pytest.approx(0.5)
+
+
+def test_eot_transforms_keep_shape_and_range_and_identity_is_exact():
+    x = jax.random.uniform(jax.random.PRNGKey(7), (2, 10, 12, 3))
+    for name, t in tamoo.EOT_TRANSFORMS.items():
+        out = t(x)
+        assert out.shape == x.shape and out.dtype == x.dtype, name
+        assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0, name
+        if name != "identity":
+            assert not np.allclose(out, x), name
+    np.testing.assert_array_equal(tamoo.identity(x), x)
+    np.testing.assert_array_equal(tamoo.hflip(tamoo.hflip(x)), x)
+    np.testing.assert_array_equal(tamoo.vflip(x)[:, 0], x[:, -1])
+    np.testing.assert_allclose(tamoo.rotate(x, 0.0), x, atol=1e-6)
+    np.testing.assert_allclose(tamoo.center_crop_resize(x, 1.0), x, atol=1e-6)
+    np.testing.assert_allclose(tamoo.gamma_correction(x, 1.3), x ** 1.3, rtol=1e-6)
+    np.testing.assert_allclose(tamoo.brightness(x, 1.3), np.clip(1.3 * np.asarray(x), 0, 1),
+                               rtol=1e-6)
+    # Rotation by 90 degrees about the center of a square image is an exact index permutation.
+    sq = x[:, :10, :10]
+    np.testing.assert_allclose(tamoo.rotate(sq, 90.0), jnp.rot90(sq, k=1, axes=(1, 2)), atol=1e-5)
+    # Gradients flow through every transform (EoT differentiates through them).
+    for name, t in tamoo.EOT_TRANSFORMS.items():
+        g = jax.grad(lambda v: jnp.sum(t(v) ** 2))(x * 0.5 + 0.2)
+        assert np.all(np.isfinite(g)) and np.any(g != 0), name
+
+
+# ------------------------------------------------------------------------------------------------
+# ASCL: selection masks, the contrastive loss and R-DIV against loops over the definitions
+# ------------------------------------------------------------------------------------------------
+
+def loop_selection(y, p_nat, p_adv, selection):
+    """Table 1 of Ch. 3, one anchor at a time; rows 0..N-1 natural, N..2N-1 adversarial."""
+    n = len(y)
+    two_n = 2 * n
+    lab = lambda r: y[r % n]
+    pred = lambda r: p_nat[r] if r < n else p_adv[r - n]
+    pos = np.zeros((two_n, two_n), bool)
+    neg = np.zeros((two_n, two_n), bool)
+    for a in range(two_n):
+        for b in range(two_n):
+            if b % n == a % n:
+                continue  # j != i: the anchor and its counterpart are neither
+            if lab(b) == lab(a):
+                pos[a, b] = selection != "leaked_ls" or pred(b) == pred(a)
+            else:
+                if selection == "global":
+                    neg[a, b] = True
+                elif selection == "hard_ls":
+                    neg[a, b] = pred(b) == lab(a)
+                else:
+                    neg[a, b] = pred(b) == pred(a)
+    return pos, neg
+
+
+def _small_batch(seed=0, n=10, classes=3):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(classes, size=n)
+    p_nat = np.where(rng.random(n) < 0.6, y, rng.integers(classes, size=n))
+    p_adv = np.where(rng.random(n) < 0.4, y, rng.integers(classes, size=n))
+    return y, p_nat, p_adv
+
+
+@pytest.mark.parametrize("selection", ascl.SELECTIONS)
+def test_ascl_selection_masks_match_a_loop_over_the_definitions(selection):
+    y, p_nat, p_adv = _small_batch()
+    pos, neg, cp = ascl.selection_masks(jnp.asarray(np.concatenate([y, y])),
+                                        jnp.asarray(np.concatenate([p_nat, p_adv])), selection)
+    ref_pos, ref_neg = loop_selection(y, p_nat, p_adv, selection)
+    np.testing.assert_array_equal(np.asarray(pos), ref_pos)
+    np.testing.assert_array_equal(np.asarray(neg), ref_neg)
+    n = len(y)
+    np.testing.assert_array_equal(np.asarray(cp), np.roll(np.eye(2 * n, dtype=bool), n, axis=1))
+
+
+def loop_scl(z, y, p_nat, p_adv, selection, tau):
+    """Eqs. 1-3 of Ch. 3 with explicit sums over the selected sets."""
+    n = len(y)
+    pos, neg = loop_selection(y, p_nat, p_adv, selection)
+    zn = z / np.linalg.norm(z, axis=1, keepdims=True)
+    total = 0.0
+    for a in range(2 * n):
+        partner = (a + n) % (2 * n)
+        pulled = [b for b in range(2 * n) if pos[a, b]] + [partner]
+        kept = pulled + [b for b in range(2 * n) if neg[a, b]]
+        denom = sum(np.exp(zn[a] @ zn[k] / tau) for k in kept)
+        total += -sum(np.log(np.exp(zn[a] @ zn[b] / tau) / denom) for b in pulled) / len(pulled)
+    return total / n
+
+
+@pytest.mark.parametrize("selection", ascl.SELECTIONS)
+def test_scl_loss_matches_the_sums_of_eqs_1_to_3(selection):
+    y, p_nat, p_adv = _small_batch(1)
+    rng = np.random.default_rng(2)
+    z = rng.normal(size=(2 * len(y), 6))
+    tau = 0.5
+    got, _ = ascl.scl_loss(jnp.asarray(z[:10], jnp.float32), jnp.asarray(z[10:], jnp.float32),
+                           jnp.asarray(y), jnp.asarray(p_nat), jnp.asarray(p_adv),
+                           selection=selection, tau=tau)
+    np.testing.assert_allclose(float(got), loop_scl(z, y, p_nat, p_adv, selection, tau), rtol=1e-4)
+
+
+def test_r_div_matches_its_definition():
+    y, _, _ = _small_batch(3)
+    rng = np.random.default_rng(4)
+    z = rng.normal(size=(20, 5))
+    zn = z / np.linalg.norm(z, axis=1, keepdims=True)
+    n = 10
+    d_pos, d_neg = [], []
+    for i in range(n):
+        lab = lambda r: y[r % n]
+        pos = [1 - zn[i] @ zn[b] for b in range(2 * n) if b % n != i and lab(b) == y[i]]
+        neg = [1 - zn[i] @ zn[b] for b in range(2 * n) if lab(b) != y[i]]
+        if pos:
+            d_pos.append(np.mean(pos))
+        if neg:
+            d_neg.append(np.mean(neg))
+    ref = np.mean(d_pos) / np.mean(d_neg)
+    got = ascl.relative_divergence(jnp.asarray(z[:n], jnp.float32), jnp.asarray(z[n:], jnp.float32),
+                                   jnp.asarray(y))
+    np.testing.assert_allclose(float(got), ref, rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------
+# Objectives on a tiny CNN
+# ------------------------------------------------------------------------------------------------
+
+TINY_CNN = dict(widths=(4, 4), fc_widths=(8,), padding="SAME", num_classes=3)
+
+
+@functools.lru_cache(maxsize=None)
+def tiny_setup(dropout=0.0):
+    model = models.get_model("cnn4c3f", dropout_rate=dropout, **TINY_CNN)
+    variables = models.init_variables(model, jax.random.PRNGKey(0), (8, 8, 1))
+    x = jax.random.uniform(jax.random.PRNGKey(1), (8, 8, 8, 1))
+    y = jax.random.randint(jax.random.PRNGKey(2), (8,), 0, 3)
+    return model, variables, {"image": x, "label": y}
+
+
+def run_objective(obj, params, batch, key=jax.random.PRNGKey(3)):
+    state = {"model": {}, "method": obj.init_method_state(key)}
+    (loss, aux), grads = jax.value_and_grad(obj, has_aux=True)(params, state, batch, key)
+    return loss, aux, grads
+
+
+ATTACK = dict(eps=EPS, step_size=0.03, steps=3)
+ZERO = dict(lambda_lc=0.0, lambda_gb=0.0, lambda_conf=0.0, lambda_smt=0.0)
+
+
+def test_adr_adv_with_zero_weights_is_twice_the_mixed_pgd_at_loss():
+    model, variables, batch = tiny_setup(dropout=0.5)  # same keys, so even dropout agrees
+    loss, aux, grads = run_objective(adr.adr_adv(model.apply, **ATTACK, **ZERO),
+                                     variables["params"], batch)
+    ref, _, ref_grads = run_objective(at.pgd_at(model.apply, mix=0.5, **ATTACK),
+                                      variables["params"], batch)
+    np.testing.assert_allclose(float(loss), 2 * float(ref), rtol=1e-5)
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, 2 * b, rtol=1e-4, atol=1e-6),
+                           grads, ref_grads)
+    # The regularizers are live: turning them on changes the loss by exactly their weighted sum.
+    full, aux_full, _ = run_objective(adr.adr_adv(model.apply, lambda_conf=1.0, **ATTACK),
+                                      variables["params"], batch)
+    m = aux_full["metrics"]
+    np.testing.assert_allclose(float(full), float(loss) + float(m["l_lc"] + m["l_gb"] + m["l_conf"]
+                                                                   + m["l_smt"]), rtol=1e-5)
+    assert float(m["l_lc"]) > 0 and float(m["l_smt"]) > 0
+
+
+def test_adr_trades_with_zero_weights_is_trades():
+    model, variables, batch = tiny_setup()
+    loss, _, _ = run_objective(adr.adr_trades(model.apply, beta=6.0, **ATTACK, **ZERO),
+                               variables["params"], batch)
+    ref, _, _ = run_objective(trades.make(model.apply, beta=6.0, **ATTACK), variables["params"],
+                              batch)
+    np.testing.assert_allclose(float(loss), float(ref), rtol=1e-5)
+
+
+def test_adr_global_compactness_matches_the_pair_sum():
+    rng = np.random.default_rng(5)
+    a, b = rng.normal(size=(6, 4)), rng.normal(size=(6, 4))
+    y = np.array([0, 1, 0, 2, 1, 0])
+    ref = np.mean([[((0.99 - (y[i] != y[j])) / 0.99) * np.mean(np.abs(a[i] - b[j]))
+                    for j in range(6)] for i in range(6)])
+    got = adr.global_compactness(jnp.asarray(a), jnp.asarray(b), jnp.asarray(y), alpha=0.99)
+    np.testing.assert_allclose(float(got), ref, rtol=1e-5)
+    np.testing.assert_allclose(adr.global_weights(jnp.array([0, 1]))[0, 1], -0.01 / 0.99, rtol=1e-5)
+
+
+def test_ascl_objective_runs_and_logs_r_div():
+    model, variables, batch = tiny_setup()
+    for selection in ("global", "leaked_ls"):
+        loss, aux, grads = run_objective(ascl.ascl(model.apply, selection=selection, **ATTACK),
+                                         variables["params"], batch)
+        m = aux["metrics"]
+        assert np.isfinite(float(loss)) and np.isfinite(float(m["r_div"])) and float(m["r_div"]) > 0
+        np.testing.assert_allclose(float(loss), float(m["l_at"] + m["l_scl"] + 2 * m["l_vat"]),
+                                   rtol=1e-5)
+        assert all(np.all(np.isfinite(g)) for g in jax.tree_util.tree_leaves(grads))
+
+
+# ------------------------------------------------------------------------------------------------
+# Ensembles and CCE
+# ------------------------------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=None)
+def tiny_ensemble(n=2):
+    ens = Ensemble(member="cnn4c3f", num_members=n, member_config=dict(dropout_rate=0.0, **{
+        k: v for k, v in TINY_CNN.items() if k != "num_classes"}), num_classes=3)
+    variables = models.init_variables(ens, jax.random.PRNGKey(4), (8, 8, 1))
+    return ens, variables
+
+
+def test_ensemble_is_the_log_mean_member_probability():
+    ens, variables = tiny_ensemble(3)
+    _, _, batch = tiny_setup()
+    x = batch["image"]
+    member = member_model(ens)
+    probs = [jax.nn.softmax(member.apply(member_variables(variables, n), x)) for n in range(3)]
+    out = ens.apply(variables, x)
+    np.testing.assert_allclose(jnp.exp(out), sum(probs) / 3, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(jax.nn.softmax(out), sum(probs) / 3, rtol=1e-5, atol=1e-7)
+    back = stack_member_variables([member_variables(variables, n) for n in range(3)])
+    jax.tree_util.tree_map(np.testing.assert_array_equal, back, variables)
+    # Works as a logits_fn for an attack.
+    x_adv = attacks.pgd(lambda v: ens.apply(variables, v), x, batch["label"], key=jax.random.PRNGKey(0),
+                        **ATTACK)
+    assert_in_ball_and_box(x_adv, x, EPS)
+
+
+def test_cce_base_is_independent_adversarial_training_of_each_member():
+    ens, variables = tiny_ensemble(2)
+    _, _, batch = tiny_setup()
+    kw = dict(ATTACK, random_start=False)
+    loss, aux, grads = run_objective(cce.cce(ens.apply, variant="base", **kw),
+                                     variables["params"], batch)
+    member = member_model(ens)
+    total = 0.0
+    for n in range(2):
+        params_n = member_variables(variables, n)["params"]
+        ref, _, ref_grads = run_objective(at.pgd_at(member.apply, mix=0.5, **kw), params_n, batch)
+        total += 2 * float(ref)
+        got_n = jax.tree_util.tree_map(lambda a: a[n], grads["members"]["member"])
+        jax.tree_util.tree_map(
+            lambda a, b: np.testing.assert_allclose(a, 2 * b, rtol=1e-4, atol=1e-6), got_n, ref_grads)
+        np.testing.assert_allclose(float(aux["metrics"][f"loss_member{n}"]), 2 * float(ref),
+                                   rtol=1e-5)
+    np.testing.assert_allclose(float(loss), total, rtol=1e-5)
+    # CCE-RM adds the crossing terms, which change the loss.
+    rm, _, _ = run_objective(cce.cce(ens.apply, variant="rm", **kw), variables["params"], batch)
+    assert abs(float(rm) - float(loss)) > 1e-4
+
+
+def test_cce_crossing_terms_match_eq5():
+    rng = np.random.default_rng(6)
+    nat = rng.normal(size=(3, 4, 5)).astype(np.float32)
+    cross = rng.normal(size=(3, 3, 4, 5)).astype(np.float32)
+    y = rng.integers(5, size=4)
+    lpm, ldm = 0.7, 2.0
+
+    def ce(z, t):
+        return -np.log(np.exp(z[t]) / np.exp(z).sum())
+
+    def ent(z):
+        p = np.exp(z) / np.exp(z).sum()
+        return -(p * np.log(p)).sum()
+
+    ref = []
+    for n in range(3):
+        val = np.mean([ce(nat[n, b], y[b]) + ce(cross[n, n, b], y[b]) for b in range(4)])
+        for i in range(3):
+            if i != n:
+                terms = [lpm * np.exp(-ce(cross[n, i, b], y[b])) * ce(cross[n, i, b], y[b])
+                         - ldm * (1 - np.exp(-ce(cross[n, i, b], y[b]))) * ent(cross[n, i, b])
+                         for b in range(4)]
+                val += np.mean(terms) / 2
+        ref.append(val)
+    got = cce.cce_member_losses(jnp.asarray(nat), jnp.asarray(cross), jnp.asarray(y),
+                                lambda_pm=lpm, lambda_dm=ldm)
+    np.testing.assert_allclose(got, ref, rtol=1e-5)
+
+
+def test_transferability_metric():
+    a = jnp.array([[0.1, 0.7], [0.6, 0.2]])
+    np.testing.assert_allclose(float(cce.transferability(a)), 0.7 - 0.1 + 0.6 - 0.2, rtol=1e-6)
+    ens, variables = tiny_ensemble(2)
+    _, _, batch = tiny_setup()
+    fns = cce.ensemble_member_fns(ens.apply, variables, 2)
+    attack = functools.partial(attacks.pgd, **ATTACK)
+    mat = cce.transfer_accuracy_matrix(fns, attack, batch["image"], batch["label"],
+                                       key=jax.random.PRNGKey(0))
+    assert mat.shape == (2, 2) and bool(jnp.all((mat >= 0) & (mat <= 1)))
