@@ -455,18 +455,29 @@ def eval_logits_fn(model, state):
     return lambda x: model.apply(variables, x, train=False)
 
 
-def evaluate_state(config, state, model, workdir: Optional[str], *, write: bool = True,
-                   limit: Optional[int] = None) -> Dict[str, Any]:
-    """Runs config.eval.attacks on the test split; writes eval.json / eval.md to workdir."""
+def evaluate_result(config, state, model, *, limit: Optional[int] = None):
+    """`RobustAccuracy` of config.eval.attacks on the test split.
+
+    In a multi-process run every process evaluates its share of the evaluation batches and the
+    per-example results are gathered, so each process returns the numbers of the whole test set,
+    equal to a single-process evaluation (see `evaluate.robust_accuracy(across_processes=True)`).
+    """
     test_x, test_y = data_lib.load_numpy(config.data.name, "test", data_dir=config.data.data_dir,
                                          limit=limit or config.eval.get("limit") or None)
     logits_fn = eval_logits_fn(model, state)
     attacks = [dict(a) for a in config.eval.attacks]
-    res = evaluate_lib.robust_accuracy(logits_fn, (test_x, test_y), attacks,
-                                       key=jax.random.PRNGKey(config.seed + 1),
-                                       batch_size=config.eval.batch_size)
+    sharded = {"across_processes": True} if jax.process_count() > 1 else {}
+    return evaluate_lib.robust_accuracy(logits_fn, (test_x, test_y), attacks,
+                                        key=jax.random.PRNGKey(config.seed + 1),
+                                        batch_size=config.eval.batch_size, **sharded)
+
+
+def evaluate_state(config, state, model, workdir: Optional[str], *, write: bool = True,
+                   limit: Optional[int] = None) -> Dict[str, Any]:
+    """Runs config.eval.attacks on the test split; writes eval.json / eval.md to workdir."""
+    res = evaluate_result(config, state, model, limit=limit)
     out = res.as_dict()
-    if write and workdir is not None:
+    if write and workdir is not None and jax.process_index() == 0:  # one writer per run
         with open(os.path.join(workdir, "eval.json"), "w") as f:
             json.dump(out, f, indent=2)
         with open(os.path.join(workdir, "eval.md"), "w") as f:
