@@ -15,6 +15,12 @@ with the same command resumes from its last checkpoint (orbax) and ends with the
 uninterrupted run. A non-finite loss or gradient leaves the state untouched and stops the run with a
 FloatingPointError naming the step; the checkpoints written before it are intact.
 
+Multi-host (`advjax.distributed`, config.distributed): each process reads its own slice of every
+global batch (`data.batches(num_shards=process_count, shard_index=process_index)`) and the pmap spans
+the devices of all processes, so `axis_index` is the global device index and N processes follow the
+trajectory of one process with all the devices. Every process logs; process 0 writes metrics,
+config.json and eval files; every process takes part in orbax's checkpoint saves and restores.
+
 Outputs in `workdir`: checkpoints/, metrics.jsonl (one JSON object per logged step), tb/ (TensorBoard
 event files), eval.json and eval.md (the final evaluation table).
 """
@@ -172,7 +178,9 @@ class Checkpointer:
     """Orbax CheckpointManager over the state's pytree (params, opt_state, model/method state, step).
 
     Orbax writes each checkpoint to a temporary directory and renames it when complete, so a process
-    killed mid-save leaves the previous checkpoints intact.
+    killed mid-save leaves the previous checkpoints intact. In a multi-process run every process
+    calls `save` and `restore` (orbax synchronizes them and process 0 writes the replicated host
+    arrays); the directory must be on a file system all processes share.
     """
 
     def __init__(self, directory: str, *, max_to_keep: int = 3):

@@ -108,7 +108,7 @@ def parse_attack_throughput(text: str) -> List[Row]:
     for cells in _md_rows(text):
         if len(cells) >= 5 and cells[2]:
             rows.append(("attack throughput (PGD-20, Madry CNN)", cells[0], f"{cells[2]} images/s",
-                         f"{cells[3]} of torchattacks; {cells[4]} equal"))
+                         f"{cells[3]} torchattacks; {cells[4]} of examples equal"))
         elif cells:
             rows.append(("attack throughput (PGD-20, Madry CNN)", cells[0], cells[1], ""))
     return rows
