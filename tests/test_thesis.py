@@ -180,6 +180,12 @@ def test_tamoo_attacks_stay_in_the_ball_and_box(weighting):
     d = np.asarray(uni - xm).reshape(2, 2, -1)
     np.testing.assert_allclose(d[:, 0], d[:, 1], atol=1e-6)
     assert tamoo.tamoo_uni.batch_level is True
+    # Padded rows (valid = False, as advjax.evaluate passes them) do not move the shared delta.
+    valid = jnp.array([True, False, True, True])
+    kw0 = dict(kw, random_start=False)
+    pad = fast_jit(lambda x, y: tamoo.tamoo_uni(fns[1], x, y, group_size=2, valid=valid, **kw0))
+    alone = fast_jit(lambda x, y: tamoo.tamoo_uni(fns[1], x, y, group_size=1, **kw0))
+    np.testing.assert_allclose(pad(xm, y)[0], alone(xm[:1], y[:1])[0], atol=1e-6)
     succ = tamoo.uni_success(fns[1], uni, y, 2)
     assert succ.shape == (2, 2)
     assert 0.0 <= float(tamoo.a_all(succ)) <= float(tamoo.a_avg(succ)) <= 1.0

@@ -238,9 +238,13 @@ def tamoo_uni(logits_fn: Callable, x: jax.Array, y: jax.Array, *, key: Optional[
               eps, step_size, steps: int, group_size: int, norm: str = "linf",
               weighting: str = "tamoo", loss="ce", lam: float = 100.0, lr_w: float = 0.005,
               inner_steps: int = 10, gamma: float = 3.0, minmax_lr: float = 0.01,
-              entropy_weight: float = 0.0, random_start: bool = True) -> jax.Array:
+              entropy_weight: float = 0.0, random_start: bool = True,
+              valid: Optional[jax.Array] = None) -> jax.Array:
     """UNI (Ch. 4, Sec. 3.2): one perturbation shared by each group of `group_size` = K consecutive
-    images; task i = fool image i of the group. BATCH-LEVEL (batch size a multiple of K)."""
+    images; task i = fool image i of the group. BATCH-LEVEL (batch size a multiple of K).
+
+    valid: optional (B,) bool row mask (`advjax.evaluate` pads the last batch): a padded row's task
+    has zero loss and counts as achieved, so it neither pushes delta nor draws TA-MOO's weight."""
     steps = _check(weighting, eps, step_size, steps, norm, key, random_start)
     k = v.check_positive_int(group_size, "group_size")
     if x.shape[0] % k:
@@ -254,6 +258,10 @@ def tamoo_uni(logits_fn: Callable, x: jax.Array, y: jax.Array, *, key: Optional[
         out = logits_fn(xa)
         task_losses = _task_loss(loss, out, y, nat).reshape(groups, k)
         achieved = (jnp.argmax(out, -1) != y).reshape(groups, k)
+        if valid is not None:
+            real = valid.reshape(groups, k)
+            task_losses = jnp.where(real, task_losses, 0.0)
+            achieved = achieved | ~real
         return task_losses, achieved
 
     project = lambda d: threat.project(d, eps, norm)
