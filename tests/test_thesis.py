@@ -486,3 +486,19 @@ def test_transferability_metric():
                                                              key=jax.random.PRNGKey(0)))(
         batch["image"], batch["label"])
     assert mat.shape == (2, 2) and bool(jnp.all((mat >= 0) & (mat <= 1)))
+
+
+def test_ensemble_moo_at_trains_every_member_on_the_shared_ensemble_examples():
+    ens, variables = tiny_ensemble(2)
+    _, _, batch = tiny_setup()
+    kw = dict(eps=EPS, step_size=0.05, steps=2)
+    loss, aux, grads = run_objective(cce.ensemble_moo_at(ens.apply, weighting="tamoo", **kw),
+                                     variables["params"], batch)
+    # The same examples from the attack called directly (same key split as the objective).
+    k_attack = jax.random.split(jax.random.PRNGKey(3), 4)[0]
+    members = lambda v: ens.apply(variables, v, return_members=True)
+    x_adv = fast_jit(lambda x, y: tamoo.tamoo_ens(members, x, y, key=k_attack, weighting="tamoo",
+                                                  **kw))(batch["image"], batch["label"])
+    assert_in_ball_and_box(x_adv, batch["image"], EPS)
+    ref = sum(float(jnp.mean(losses.cross_entropy(z, batch["label"]))) for z in members(x_adv))
+    np.testing.assert_allclose(float(loss), ref, rtol=1e-5)

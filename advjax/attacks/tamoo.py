@@ -210,21 +210,31 @@ def tamoo_ens(logits_fns: Sequence[Callable], x: jax.Array, y: jax.Array, *,
               inner_steps: int = 10, gamma: float = 3.0, minmax_lr: float = 0.01,
               entropy_weight: float = 0.0, random_start: bool = True) -> jax.Array:
     """ENS (Ch. 4, Sec. 3.2): one perturbation per example against every member h_i of an ensemble;
-    task i = fool member i (argmax h_i(x + delta) != y). Per-example."""
+    task i = fool member i (argmax h_i(x + delta) != y). Per-example.
+
+    logits_fns: a sequence of member logits functions, or one callable x -> member logits (m, B, C)
+    (e.g. an `Ensemble` applied with return_members=True: all members in one vectorized pass)."""
     steps = _check(weighting, eps, step_size, steps, norm, key, random_start)
-    fns = tuple(logits_fns)
-    nat = [f(x) for f in fns] if loss == "kl" else [None] * len(fns)
+    if callable(logits_fns):
+        stacked = logits_fns
+        m = jax.eval_shape(stacked, jax.ShapeDtypeStruct(x.shape, x.dtype)).shape[0]
+        members = lambda xa: list(stacked(xa))
+    else:
+        fns = tuple(logits_fns)
+        m = len(fns)
+        members = lambda xa: [f(xa) for f in fns]
+    nat = members(x) if loss == "kl" else [None] * m
 
     def task_fn(delta):
         xa = threat.clip_to_box(x + delta)
-        outs = [f(xa) for f in fns]
+        outs = members(xa)
         task_losses = jnp.stack([_task_loss(loss, o, y, n) for o, n in zip(outs, nat)], axis=1)
         achieved = jnp.stack([jnp.argmax(o, -1) != y for o in outs], axis=1)
         return task_losses, achieved
 
     project = lambda d: threat.project_to_threat(x + d, x, eps, norm) - x
     delta0 = project(_start(key, x, eps, norm, random_start))
-    delta = _moo_attack(task_fn, delta0, project, m=len(fns), step_size=step_size, steps=steps,
+    delta = _moo_attack(task_fn, delta0, project, m=m, step_size=step_size, steps=steps,
                         norm=norm, weighting=weighting, lam=lam, lr_w=lr_w,
                         inner_steps=inner_steps, gamma=gamma, minmax_lr=minmax_lr,
                         entropy_weight=entropy_weight)

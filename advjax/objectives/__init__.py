@@ -42,6 +42,7 @@ OBJECTIVES: Dict[str, Callable[..., Objective]] = {
     "adr_trades": adr.adr_trades,
     "ascl": ascl.ascl,
     "cce": cce.cce,
+    "ensemble_moo_at": cce.ensemble_moo_at,
 }
 
 
