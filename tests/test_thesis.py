@@ -15,9 +15,14 @@ from advjax import attacks, losses, models
 from advjax.attacks import tamoo
 from advjax.models.ensemble import Ensemble, member_model, member_variables, stack_member_variables
 from advjax.objectives import adr, ascl, at, cce, trades
-from conftest import fast_jit
 
 EPS = 0.1
+
+
+def fast_jit(fn, **kwargs):
+    """jax.jit with XLA's backend optimizations off: these small programs run once, so compile time
+    dominates (the same helper as tests/conftest.py, kept here so this file stands alone)."""
+    return jax.jit(fn, compiler_options={"xla_backend_optimization_level": 0}, **kwargs)
 
 
 def assert_in_ball_and_box(x_adv, x, eps, atol=1e-6):
