@@ -3,6 +3,9 @@
     A_rob = 1/n sum_i min_{a in A} 1[argmax f(a(x_i)) = y_i]          (ADT paper, Eq. 12)
 
 following Carlini et al.'s advice to report per-example accuracy under the worst of several attacks.
+The clean input counts as one of the attacks in the minimum (x lies in every eps-ball: the identity is
+an admissible attack), so A_rob <= clean accuracy even when an attack happens to turn a clean mistake
+into a correct prediction.
 Evaluation runs batch by batch; each attack is compiled once (`jax.jit`) and the last partial batch is
 padded to the batch size (padded rows are masked out of every count), so a whole test set costs one
 compilation per attack. Inputs are validated (finite, in [0, 1], labels in range) on the host before
@@ -154,7 +157,8 @@ def robust_accuracy(logits_fn: Callable[[jax.Array], jax.Array],
     accs = {k: float(np.mean(v)) for k, v in correct.items() if k != "clean"}
     a_rob = None
     if attacks:
-        a_rob = float(np.mean(np.all(np.stack([correct[k] for k in attacks]), axis=0)))
+        # Worst case over the attacks and the clean input itself (see the module docstring).
+        a_rob = float(np.mean(np.all(np.stack([correct[k] for k in ("clean", *attacks)]), axis=0)))
     return RobustAccuracy(n=n, clean=float(np.mean(correct["clean"])), attacks=accs, a_rob=a_rob,
                           correct=correct, seconds=seconds)
 

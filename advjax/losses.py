@@ -20,8 +20,10 @@ import jax.numpy as jnp
 
 LossFn = Callable[[jax.Array, jax.Array], jax.Array]
 
-# Large negative number used to exclude the true class from a max over logits.
-_NEG = -1e9
+# Excludes the true class from a max over logits. -inf rather than a large finite number, so that the
+# max is right whatever the logits' scale (a finite sentinel such as -1e9 wins the max when every
+# other logit is below it, and the margin comes out wrong).
+_NEG = -jnp.inf
 
 
 def cross_entropy(logits: jax.Array, y: jax.Array) -> jax.Array:

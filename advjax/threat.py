@@ -63,7 +63,7 @@ def norm_of(delta: jax.Array, norm: str) -> jax.Array:
 
 def linf_project(delta: jax.Array, eps) -> jax.Array:
     """Projection onto the linf ball: elementwise clip to [-eps, eps]."""
-    return jnp.clip(delta, -eps, eps)
+    return jnp.clip(delta, -eps, eps).astype(delta.dtype)
 
 
 def l2_project(delta: jax.Array, eps) -> jax.Array:
@@ -156,19 +156,19 @@ def random_init(key: jax.Array, x: jax.Array, eps, norm: str) -> jax.Array:
     d = int(x[0].size)
     dtype = x.dtype
     if norm == "linf":
-        return jax.random.uniform(key, x.shape, dtype, -1.0, 1.0) * eps
+        return (jax.random.uniform(key, x.shape, dtype, -1.0, 1.0) * eps).astype(dtype)
     if norm == "l2":
         k1, k2 = jax.random.split(key)
         g = jax.random.normal(k1, x.shape, dtype)
         g = g / _per_example(norm_of(g, "l2") + _TINY, x)
         u = jax.random.uniform(k2, (x.shape[0],), dtype)
         r = eps * u ** (1.0 / d)
-        return g * _per_example(r, x)
+        return (g * _per_example(r, x)).astype(dtype)
     k1, k2 = jax.random.split(key)
     e = jax.random.exponential(k1, (x.shape[0], d + 1), dtype)
     mags = e[:, :d] / jnp.sum(e, axis=1, keepdims=True)
     signs = jax.random.rademacher(k2, (x.shape[0], d), dtype)
-    return (signs * mags * eps).reshape(x.shape)
+    return (signs * mags * eps).reshape(x.shape).astype(dtype)
 
 
 def clip_to_box(x: jax.Array, lo: float = 0.0, hi: float = 1.0) -> jax.Array:
@@ -178,4 +178,4 @@ def clip_to_box(x: jax.Array, lo: float = 0.0, hi: float = 1.0) -> jax.Array:
 
 def project_to_threat(x_adv: jax.Array, x: jax.Array, eps, norm: str) -> jax.Array:
     """Maps x_adv into B_p(x, eps) intersected with [0, 1]: project x_adv - x, then clip to the box."""
-    return clip_to_box(x + project(x_adv - x, eps, norm))
+    return clip_to_box(x + project(x_adv - x, eps, norm)).astype(x.dtype)

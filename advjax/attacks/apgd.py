@@ -11,12 +11,23 @@ w_j = ceil(p_j N), p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03
 size halves and the iterate restarts from x_max if
   Condition 1: the loss increased in at most rho = 0.75 of the steps since the last checkpoint, or
   Condition 2: the step size was not reduced at the last checkpoint and f_max has not improved since.
-(The reference code keeps the checkpoint schedule as window lengths k = ceil(0.22 N), shrinking by
-ceil(0.03 N) down to ceil(0.06 N); that is the same schedule and what is implemented here.)
+The checkpoints are computed from this formula, in exact integer arithmetic (p_j in hundredths; in
+floating point 0.22 + 0.19 = 0.41000000000000003, and ceil(0.41... * 100) would give 42, not 41). A
+checkpoint is evaluated as soon as x^(w_j) is available, i.e. right after the w_j-th step, as in the
+reference code: Conditions 1 and 2 only involve iterates up to x^(w_j), and the halved step size
+applies from the next step on. (Algorithm 1 of the paper tests "k in W" one step later, after
+computing x^(w_j + 1), which it then overwrites with x_max when the step size is halved; the
+reference code, and this implementation, skip that step.) Condition 1 counts increases with
+"<= rho (w_j - w_{j-1})" as the reference code does (the paper writes "<"; they differ only when
+rho times the window is an integer). The reference code keeps the schedule as window lengths
+int(0.22 N), shrinking by int(0.03 N) down to int(0.06 N): for N a multiple of 100 that is the paper's
+schedule -- for N = 100, w = 22, 41, 57, 70, 80, 87, 93, 99 -- but not for other N (for N = 50 the paper
+gives w = 11, 21, 29, 35, 40, 44, 47, 50, while fixed-size window decrements drift away from it), so
+the paper's formula is what is implemented here.
 
 Random start: x + eps t / ||t||_p with t ~ U(-1, 1)^d (linf) or N(0, I) (l2), as in the reference code.
 Returned point, per example: the first misclassified iterate if one was found (what AutoAttack
-reports), otherwise x_max. The one departure from the reference code: its first oscillation window
+reports), otherwise x_max. The other departure from the reference code: its first oscillation window
 compares the first loss against an uninitialized 0; here it is compared with f(x^(0)), which is what
 Condition 1 of the paper says.
 
@@ -28,7 +39,6 @@ algorithm, Croce & Hein 2021).
 
 from __future__ import annotations
 
-import math
 from typing import Callable, Optional, Union
 
 import jax
@@ -45,23 +55,36 @@ RHO = 0.75
 MOMENTUM = 0.75
 
 
+def checkpoints(steps: int):
+    """The paper's checkpoints w_0 = 0 < w_1 < ... <= N (Croce & Hein 2020, Sec. 3.2).
+
+    w_j = ceil(p_j N) with p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06),
+    computed with p_j in integer hundredths so that no rounding error moves a ceiling. For small N some
+    ceil(p_j N) coincide; the set W keeps one of each.
+    """
+    p_prev, p = 0, 22  # hundredths
+    w = [0]
+    while True:
+        wj = -(-p * steps // 100)  # ceil(p * steps / 100), exactly
+        if wj > steps:
+            return w
+        if wj > w[-1]:
+            w.append(wj)
+        p_prev, p = p, p + max(p - p_prev - 3, 6)
+
+
 def checkpoint_schedule(steps: int):
     """Boolean checkpoint mask and window lengths, both of length `steps` (iteration index i).
 
-    A checkpoint falls after iteration i when i + 1 is the end of a window; windows have length
-    ceil(0.22 N) first, then shrink by ceil(0.03 N) per checkpoint, no shorter than ceil(0.06 N).
+    A checkpoint is evaluated after iteration i (0-based; it produces x^(i+1)) iff i + 1 = w_j for some
+    j >= 1 (`checkpoints`); `window[i]` is then w_j - w_{j-1}, the number of steps Condition 1 counts.
     """
-    k = max(int(math.ceil(0.22 * steps)), 1)
-    decr = max(int(math.ceil(0.03 * steps)), 1)
-    k_min = max(int(math.ceil(0.06 * steps)), 1)
     is_check = np.zeros(steps, bool)
     window = np.zeros(steps, np.int32)
-    i = k - 1
-    while i < steps:
-        is_check[i] = True
-        window[i] = k
-        k = max(k - decr, k_min)
-        i += k
+    w = checkpoints(steps)
+    for prev, cur in zip(w[:-1], w[1:]):
+        is_check[cur - 1] = True
+        window[cur - 1] = cur - prev
     return is_check, window
 
 
