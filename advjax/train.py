@@ -278,6 +278,11 @@ class _Progress:
 # The loop
 # ------------------------------------------------------------------------------------------------
 
+def _unreplicate(rstate):
+    """The first device's copy of a replicated pytree (state or metrics), on the host."""
+    return jax.device_get(jax.tree_util.tree_map(lambda a: a[0], rstate))
+
+
 def _end_of_epoch(rstate, objective, devices):
     """Runs the objective's epoch hook on the method state (identical on every device after the
     step's pmean) and replicates the result back."""
@@ -384,7 +389,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
 
     def check(pending_item):
         s, m = pending_item
-        m = jax.device_get(jax.tree_util.tree_map(lambda a: a[0], m))
+        m = _unreplicate(m)
         if not m["finite"]:
             last = ckpt.latest_step()
             raise FloatingPointError(
@@ -424,18 +429,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
                 # The end-of-epoch save below covers the last step of an epoch (after the epoch hook).
                 if ckpt_every and step % ckpt_every == 0 and step % steps_per_epoch:
                     check(pending)
-                    ckpt.save(jax.device_get(jax.tree_util.tree_map(lambda a: a[0], rstate)))
+                    ckpt.save(_unreplicate(rstate))
             if pending is not None:
                 check(pending)
             if b["objective"].end_of_epoch is not None:
                 rstate = _end_of_epoch(rstate, b["objective"], devices)
-            ckpt.save(jax.device_get(jax.tree_util.tree_map(lambda a: a[0], rstate)))
+            ckpt.save(_unreplicate(rstate))
         if pending is not None:
             check(pending)
     finally:
         progress.close()
     train_seconds = time.perf_counter() - t_start
-    state = jax.device_get(jax.tree_util.tree_map(lambda a: a[0], rstate))
+    state = _unreplicate(rstate)
     ckpt.save(state)
     ckpt.close()
     result = evaluate_state(config, state, b["eval_model"], workdir, write=is_lead)
@@ -459,7 +464,9 @@ def restore_state(config, workdir: str):
 
 
 def eval_logits_fn(model, state):
-    variables = {"params": state.params, **state.model_state}
+    # Device arrays: a state fetched to the host holds NumPy arrays, which Flax's lifted transforms
+    # (e.g. the nn.vmap of advjax.models.Ensemble) refuse as closure constants.
+    variables = jax.tree_util.tree_map(jnp.asarray, {"params": state.params, **state.model_state})
     return lambda x: model.apply(variables, x, train=False)
 
 
@@ -468,16 +475,19 @@ def evaluate_result(config, state, model, *, limit: Optional[int] = None):
 
     In a multi-process run every process evaluates its share of the evaluation batches and the
     per-example results are gathered, so each process returns the numbers of the whole test set,
-    equal to a single-process evaluation (see `evaluate.robust_accuracy(across_processes=True)`).
+    equal to a single-process evaluation (`evaluate_multihost`).
     """
     test_x, test_y = data_lib.load_numpy(config.data.name, "test", data_dir=config.data.data_dir,
                                          limit=limit or config.eval.get("limit") or None)
     logits_fn = eval_logits_fn(model, state)
     attacks = [dict(a) for a in config.eval.attacks]
-    sharded = {"across_processes": True} if jax.process_count() > 1 else {}
-    return evaluate_lib.robust_accuracy(logits_fn, (test_x, test_y), attacks,
-                                        key=jax.random.PRNGKey(config.seed + 1),
-                                        batch_size=config.eval.batch_size, **sharded)
+    key = jax.random.PRNGKey(config.seed + 1)
+    if jax.process_count() > 1:
+        from advjax import evaluate_multihost
+        return evaluate_multihost.robust_accuracy_across_processes(
+            logits_fn, (test_x, test_y), attacks, key=key, batch_size=config.eval.batch_size)
+    return evaluate_lib.robust_accuracy(logits_fn, (test_x, test_y), attacks, key=key,
+                                        batch_size=config.eval.batch_size)
 
 
 def evaluate_state(config, state, model, workdir: Optional[str], *, write: bool = True,

@@ -44,6 +44,7 @@ import jax.numpy as jnp
 
 from advjax.models import layers
 from advjax.models.cnn import CNN4C3F, DAACNN, DRACNN, MadryCNN
+from advjax.models.ensemble import Ensemble
 from advjax.models.layers import CIFAR10_MEAN, CIFAR10_STD, max_pool_2x2
 from advjax.models.mlp import MLP
 from advjax.models.resnet import PreActResNet18, ResNet20
@@ -58,6 +59,7 @@ MODELS: Dict[str, type] = {
     "resnet20": ResNet20,
     "preact_resnet18": PreActResNet18,
     "wrn": WideResNet,
+    "ensemble": Ensemble,
 }
 
 _NOT_FIELDS = ("parent", "name")
