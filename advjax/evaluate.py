@@ -95,6 +95,18 @@ def _as_batches(data, batch_size: int) -> Iterable[Tuple[np.ndarray, np.ndarray]
             yield np.asarray(bx), np.asarray(by)
 
 
+def is_batch_level(attack) -> bool:
+    """True for attacks whose examples interact (DAA's particles): they take a `valid` row mask."""
+    return bool(getattr(getattr(attack, "func", attack), "batch_level", False))
+
+
+def _attacked_predictions(logits_fn, attack, x, y, key, valid):
+    """Predictions on attack(x). Padded rows (valid = False) must not influence a batch-level attack,
+    so it gets the mask; per-example attacks ignore the padding by construction."""
+    kwargs = {"valid": valid} if is_batch_level(attack) else {}
+    return jnp.argmax(logits_fn(attack(logits_fn, x, y, key=key, **kwargs)), -1)
+
+
 def _pad(a: np.ndarray, size: int) -> np.ndarray:
     if len(a) == size:
         return a
@@ -122,7 +134,7 @@ def robust_accuracy(logits_fn: Callable[[jax.Array], jax.Array],
         attacks = dict(attack_from_spec(s) for s in attacks)
     _validation.check_positive_int(batch_size, "batch_size")
     predict = jax.jit(lambda x: jnp.argmax(logits_fn(x), axis=-1))
-    jitted = {name: jax.jit(lambda x, y, k, a=a: jnp.argmax(logits_fn(a(logits_fn, x, y, key=k)), -1))
+    jitted = {name: jax.jit(functools.partial(_attacked_predictions, logits_fn, a))
               for name, a in attacks.items()}
     correct = {"clean": []}
     correct.update({name: [] for name in attacks})
@@ -138,6 +150,7 @@ def robust_accuracy(logits_fn: Callable[[jax.Array], jax.Array],
         _validation.check_batch(logits_fn, jnp.asarray(x), jnp.asarray(y.astype(np.int32)))
         m = len(x)
         xp, yp = jnp.asarray(_pad(x, batch_size)), jnp.asarray(_pad(y, batch_size).astype(np.int32))
+        valid = jnp.arange(batch_size) < m
         t0 = time.perf_counter()
         pred = np.asarray(predict(xp))[:m]
         seconds["clean"] += time.perf_counter() - t0
@@ -145,7 +158,7 @@ def robust_accuracy(logits_fn: Callable[[jax.Array], jax.Array],
         kb = jax.random.fold_in(key, b)
         for j, (name, fn) in enumerate(jitted.items()):
             t0 = time.perf_counter()
-            pred = np.asarray(fn(xp, yp, jax.random.fold_in(kb, j)))[:m]
+            pred = np.asarray(fn(xp, yp, jax.random.fold_in(kb, j), valid))[:m]
             seconds[name] += time.perf_counter() - t0
             correct[name].append(pred == y[:m])
         n += m

@@ -436,3 +436,24 @@ def test_algorithm1_restarts_and_threat_model(mlp, batch):
     with pytest.raises(ValueError, match="rounds"):
         daa.daa_algorithm1(mlp, x, y, key=jax.random.PRNGKey(0), rounds=5, batch_size=8, steps=4,
                            eps=EPS, step_size=STEP, c=1.0)
+
+
+def test_robust_accuracy_padding_does_not_join_daa_particles():
+    """evaluate pads the last batch by repeating its first example; a batch-level attack must get
+    the mask, so the real rows' predictions equal those of the unpadded batch."""
+
+    w = jax.random.normal(jax.random.PRNGKey(0), (20, 10))
+    f = lambda x: x.reshape(x.shape[0], -1) @ w
+    x = jax.random.uniform(jax.random.PRNGKey(1), (12, 4, 5))
+    y = jnp.argmax(f(x), -1)
+    attack = functools.partial(daa.daa_blob, eps=0.1, step_size=0.02, steps=5, c=20.0,
+                               random_start=False)
+    unpadded = evaluate._attacked_predictions(f, attack, x, y, None, jnp.ones(12, bool))
+    xp = jnp.concatenate([x, jnp.repeat(x[:1], 8, axis=0)])
+    yp = jnp.concatenate([y, jnp.repeat(y[:1], 8)])
+    masked = evaluate._attacked_predictions(f, attack, xp, yp, None, jnp.arange(20) < 12)
+    np.testing.assert_array_equal(masked[:12], unpadded)
+    # Without the mask the duplicated rows do interact (so the mask is what makes this pass).
+    x_unmasked = attack(f, xp, yp, key=None)
+    x_ref = attack(f, x, y, key=None)
+    assert not np.allclose(x_unmasked[:12], x_ref, atol=1e-6)
