@@ -114,11 +114,42 @@ def _pad(a: np.ndarray, size: int) -> np.ndarray:
     return np.concatenate([a, pad], axis=0)
 
 
+def _gather_batches(correct: Dict[str, List[np.ndarray]], seconds: Dict[str, float],
+                    batch_ids: List[int], num_batches: int, batch_size: int):
+    """Every process's per-example results, as per-batch lists in global batch order, and the
+    slowest process's seconds.
+
+    Process k holds the batches b = r * P + k (r = 0, 1, ...). It writes them into a zero-padded
+    (columns + 1, rows, batch_size) table whose first column marks the real examples;
+    `process_allgather` stacks the P tables, and reading them row by row, process by process,
+    restores the batch order b = 0, 1, ..., so each example appears once, where a single process
+    would have put it.
+    """
+    from jax.experimental import multihost_utils
+    num_processes = jax.process_count()
+    names = list(correct)
+    rows = -(-num_batches // num_processes)
+    table = np.zeros((len(names) + 1, rows, batch_size), np.int32)
+    for i, b in enumerate(batch_ids):
+        r, m = b // num_processes, len(correct[names[0]][i])
+        table[0, r, :m] = 1
+        for c, name in enumerate(names):
+            table[c + 1, r, :m] = correct[name][i]
+    tables = np.asarray(multihost_utils.process_allgather(table))  # (P, columns + 1, rows, bs)
+    ordered = tables.transpose(1, 2, 0, 3).reshape(len(names) + 1, rows * num_processes, batch_size)
+    valid = ordered[0].astype(bool)
+    gathered = {name: [ordered[c + 1][r][valid[r]].astype(bool) for r in range(len(valid))]
+                for c, name in enumerate(names)}
+    times = np.asarray(multihost_utils.process_allgather(
+        np.array([seconds[name] for name in names], np.float64)))
+    return gathered, dict(zip(names, times.max(axis=0).tolist()))
+
+
 def robust_accuracy(logits_fn: Callable[[jax.Array], jax.Array],
                     data: Union[Tuple[np.ndarray, np.ndarray], Iterable[Any]],
                     attacks: Union[Mapping[str, AttackFn], Sequence[Mapping[str, Any]]],
                     *, key: jax.Array, batch_size: int = 256, limit: Optional[int] = None,
-                    verbose: bool = False) -> RobustAccuracy:
+                    verbose: bool = False, across_processes: bool = False) -> RobustAccuracy:
     """Clean accuracy, each attack's accuracy and A_rob (ADT Eq. 12), batch by batch.
 
     Args:
@@ -129,7 +160,16 @@ def robust_accuracy(logits_fn: Callable[[jax.Array], jax.Array],
       key: PRNG key; batch b and attack j use fold_in(fold_in(key, b), j).
       batch_size: evaluation batch (array input; also the padded size for iterables).
       limit: evaluate only the first `limit` examples.
+      across_processes: in a multi-process run (`jax.distributed`), every process calls this with
+        the same data; process k evaluates the batches b with b mod (number of processes) = k, with
+        the keys above, and the per-example results are gathered (`_gather_batches`), so every
+        process returns the result of the whole data set, equal to a single-process evaluation.
+        Batch-level attacks (DAA) see whole batches, never split across processes. `seconds` are
+        the slowest process's.
     """
+    num_shards, shard_index = 1, 0
+    if across_processes:
+        num_shards, shard_index = jax.process_count(), jax.process_index()
     if not isinstance(attacks, Mapping):
         attacks = dict(attack_from_spec(s) for s in attacks)
     _validation.check_positive_int(batch_size, "batch_size")
@@ -139,7 +179,7 @@ def robust_accuracy(logits_fn: Callable[[jax.Array], jax.Array],
     correct = {"clean": []}
     correct.update({name: [] for name in attacks})
     seconds = {name: 0.0 for name in correct}
-    n = 0
+    n, num_batches, batch_ids = 0, 0, []
     for b, (x, y) in enumerate(_as_batches(data, batch_size)):
         if limit is not None and n >= limit:
             break
@@ -147,6 +187,10 @@ def robust_accuracy(logits_fn: Callable[[jax.Array], jax.Array],
             x, y = x[:limit - n], y[:limit - n]
         if len(x) > batch_size:
             raise ValueError(f"data: got a batch of {len(x)} > batch_size={batch_size}")
+        num_batches = b + 1
+        if b % num_shards != shard_index:  # another process's batch
+            n += len(x)
+            continue
         _validation.check_batch(logits_fn, jnp.asarray(x), jnp.asarray(y.astype(np.int32)))
         m = len(x)
         xp, yp = jnp.asarray(_pad(x, batch_size)), jnp.asarray(_pad(y, batch_size).astype(np.int32))
@@ -155,6 +199,7 @@ def robust_accuracy(logits_fn: Callable[[jax.Array], jax.Array],
         pred = np.asarray(predict(xp))[:m]
         seconds["clean"] += time.perf_counter() - t0
         correct["clean"].append(pred == y[:m])
+        batch_ids.append(b)
         kb = jax.random.fold_in(key, b)
         for j, (name, fn) in enumerate(jitted.items()):
             t0 = time.perf_counter()
@@ -166,6 +211,8 @@ def robust_accuracy(logits_fn: Callable[[jax.Array], jax.Array],
             print(f"  evaluated {n} examples", flush=True)
     if n == 0:
         raise ValueError("data: no examples to evaluate")
+    if num_shards > 1:
+        correct, seconds = _gather_batches(correct, seconds, batch_ids, num_batches, batch_size)
     correct = {k: np.concatenate(v) for k, v in correct.items()}
     accs = {k: float(np.mean(v)) for k, v in correct.items() if k != "clean"}
     a_rob = None

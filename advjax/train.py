@@ -475,19 +475,16 @@ def evaluate_result(config, state, model, *, limit: Optional[int] = None):
 
     In a multi-process run every process evaluates its share of the evaluation batches and the
     per-example results are gathered, so each process returns the numbers of the whole test set,
-    equal to a single-process evaluation (`evaluate_multihost`).
+    equal to a single-process evaluation (`evaluate.robust_accuracy(across_processes=True)`).
     """
     test_x, test_y = data_lib.load_numpy(config.data.name, "test", data_dir=config.data.data_dir,
                                          limit=limit or config.eval.get("limit") or None)
     logits_fn = eval_logits_fn(model, state)
     attacks = [dict(a) for a in config.eval.attacks]
-    key = jax.random.PRNGKey(config.seed + 1)
-    if jax.process_count() > 1:
-        from advjax import evaluate_multihost
-        return evaluate_multihost.robust_accuracy_across_processes(
-            logits_fn, (test_x, test_y), attacks, key=key, batch_size=config.eval.batch_size)
-    return evaluate_lib.robust_accuracy(logits_fn, (test_x, test_y), attacks, key=key,
-                                        batch_size=config.eval.batch_size)
+    return evaluate_lib.robust_accuracy(logits_fn, (test_x, test_y), attacks,
+                                        key=jax.random.PRNGKey(config.seed + 1),
+                                        batch_size=config.eval.batch_size,
+                                        across_processes=jax.process_count() > 1)
 
 
 def evaluate_state(config, state, model, workdir: Optional[str], *, write: bool = True,
