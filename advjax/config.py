@@ -63,3 +63,137 @@ def default_config() -> ml_collections.ConfigDict:
     c.distributed.heartbeat_timeout = 100       # s without heartbeats before a process counts as dead
     c.distributed.shutdown_timeout = 300        # s a finished process waits for the others at exit
     return c
+
+
+# Shared bases of the Fashion-MNIST studies in configs/*_fmnist.py. A config starts from its study's
+# base and sets what differs (usually the objective).
+
+
+def fmnist_small_cnn_protocol(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """All *_fmnist studies: Fashion-MNIST, CNN-4C3F (16, 32 / 128), SGD 0.05 cosine, 20 epochs, eval batch 500."""
+    c.data.name = "fashion_mnist"
+    c.model.name = "cnn4c3f"
+    c.model.widths = (16, 32)
+    c.model.fc_widths = (128,)
+    c.model.dropout_rate = 0.0
+    c.optim.name = "sgd"
+    c.optim.lr = 0.05
+    c.optim.momentum = 0.9
+    c.optim.weight_decay = 5e-4
+    c.optim.schedule = "cosine"
+    c.train.epochs = 20
+    c.train.batch_size = 128
+    c.train.log_every = 50
+    c.train.checkpoint_every_steps = 500
+    c.eval.batch_size = 500
+    c.eval.limit = 0  # the whole test split (override with --limit)
+    return c
+
+
+def fmnist_core_attacks(eps: float) -> list:
+    """All *_fmnist studies: the evaluation columns they share, FGSM and PGD-20/100 with step eps / 4."""
+    step = eps / 4
+    return [
+        dict(name="fgsm", eps=eps),
+        dict(name="pgd", label="pgd-20", eps=eps, step_size=step, steps=20),
+        dict(name="pgd", label="pgd-100", eps=eps, step_size=step, steps=100),
+    ]
+
+
+def adt_fmnist_base(eps: float = 0.1) -> ml_collections.ConfigDict:
+    """ADT Table-1 study (adt_*_fmnist): the protocol plus eval FGSM, PGD-20/100, MIM-20, C&W-30, EXP."""
+    c = fmnist_small_cnn_protocol(default_config())
+    step = eps / 4
+    c.eval.attacks = fmnist_core_attacks(eps) + [
+        dict(name="mim", label="mim-20", eps=eps, step_size=step, steps=20, random_start=True),
+        dict(name="cw_pgd", label="cw-30", eps=eps, step_size=step, steps=30),
+        dict(name="adt_exp", label="exp", eps=eps, steps=20, samples=10),
+    ]
+    return c
+
+
+def adt_am_generator(c: ml_collections.ConfigDict, eps: float = 0.1) -> ml_collections.ConfigDict:
+    """ADT study (adt_exp_am, adt_imp_am): eps, lam = 0.01 and the residual generator (width 32, 3 blocks, Adam 2e-4)."""
+    c.objective.eps = eps
+    c.objective.input_shape = (28, 28, 1)
+    c.objective.lam = 0.01
+    c.objective.generator_lr = 2e-4
+    c.objective.generator_width = 32
+    c.objective.generator_blocks = 3
+    c.objective.generator_input = "image_and_gradients"
+    return c
+
+
+def dro_fmnist_base(eps: float = 0.1) -> ml_collections.ConfigDict:
+    """Distributional-robustness study (wrm, dra_*, udr_*, awp): the protocol plus eval FGSM, PGD at/above eps, l2 PGD, APGD-CE."""
+    c = fmnist_small_cnn_protocol(default_config())
+    step = eps / 4
+    c.eval.attacks = fmnist_core_attacks(eps) + [
+        dict(name="pgd", label="pgd-20-eps0.15", eps=0.15, step_size=0.15 / 4, steps=20),
+        dict(name="pgd", label="pgd-20-eps0.2", eps=0.2, step_size=0.2 / 4, steps=20),
+        dict(name="pgd", label="pgd-l2-20-eps1.5", eps=1.5, step_size=1.5 / 4, steps=20,
+             norm="l2"),
+        dict(name="apgd_ce", label="apgd-ce-100", eps=eps, steps=100),
+    ]
+    return c
+
+
+def udr_pgd_adversary(c: ml_collections.ConfigDict, eps: float = 0.1) -> ml_collections.ConfigDict:
+    """UDR study (udr_*_fmnist): PGD-10 budget (step eps / 4), linf pull with tau = eta, lambda_0 = 1, eta_lambda = 0.02, mean_abs distance."""
+    c.objective.eps = eps
+    c.objective.step_size = eps / 4
+    c.objective.steps = 10
+    c.objective.tau_steps = 1.0
+    c.objective.lambda_0 = 1.0
+    c.objective.lambda_lr = 0.02
+    c.objective.lambda_distance = "mean_abs"
+    c.objective.pull = "linf"
+    return c
+
+
+def thesis_fmnist_base(eps: float = 0.1) -> ml_collections.ConfigDict:
+    """Thesis Ch. 3-4 study (adr_*, ascl_*, cce_*): the protocol, training PGD-10 (step eps / 4), eval FGSM, PGD-20/100, MT-PGD-20, APGD-CE."""
+    c = fmnist_small_cnn_protocol(default_config())
+    step = eps / 4
+    c.eval.attacks = fmnist_core_attacks(eps) + [
+        dict(name="multitargeted_pgd", label="mt-pgd-20", eps=eps, step_size=step, steps=20),
+        dict(name="apgd_ce", label="apgd-ce-100", eps=eps, steps=100),
+    ]
+    c.objective.eps = eps
+    c.objective.step_size = step
+    c.objective.steps = 10
+    return c
+
+
+def adr_fmnist_base(name: str) -> ml_collections.ConfigDict:
+    """ADR study (adr_adv, adr_trades): thesis base, objective `name`, l_lc = l_gb = l_smt = 1, l_conf = 0, alpha = 0.99."""
+    c = thesis_fmnist_base()
+    c.objective.name = name
+    c.objective.lambda_lc = 1.0
+    c.objective.lambda_gb = 1.0
+    c.objective.lambda_conf = 0.0
+    c.objective.lambda_smt = 1.0
+    c.objective.alpha = 0.99
+    return c
+
+
+def ascl_fmnist_base() -> ml_collections.ConfigDict:
+    """ASCL study (ascl_global, ascl_leaked): thesis base, objective ascl with tau = 0.07, l_scl = 1, l_vat = 2."""
+    c = thesis_fmnist_base()
+    c.objective.name = "ascl"
+    c.objective.tau = 0.07
+    c.objective.lambda_scl = 1.0
+    c.objective.lambda_vat = 2.0
+    return c
+
+
+def cce_fmnist_base() -> ml_collections.ConfigDict:
+    """CCE study (cce_base, cce_rm): thesis base, a 2-member ensemble of its CNN-4C3F, objective cce with random start."""
+    c = thesis_fmnist_base()
+    member = dict(c.model.to_dict())
+    member.pop("name")
+    c.model = ml_collections.ConfigDict(dict(name="ensemble", member="cnn4c3f", num_members=2,
+                                             member_config=member))
+    c.objective.name = "cce"
+    c.objective.random_start = True
+    return c

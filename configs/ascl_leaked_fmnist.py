@@ -5,52 +5,10 @@ r_div (expected below PGD-AT's).
     advjax train --config configs/ascl_leaked_fmnist.py --workdir workdirs/ascl_leaked_fmnist
 """
 
-from advjax.config import default_config
-
-EPS = 0.1
-STEP = EPS / 4
-
-
-def _fmnist_thesis():
-    """Shared protocol of the thesis Ch. 3-4 Fashion-MNIST configs (adr_adv, adr_trades, ascl_global,
-    ascl_leaked, cce_rm, cce_base): the data, small CNN-4C3F, optimizer and schedule of the ADT Table-1
-    configs (whose adt_at_pgd_fmnist is the PGD-AT baseline), training attack PGD-10 with step eps / 4,
-    linf eps = 0.1; evaluation FGSM, PGD-20/100, multi-targeted PGD (ADR Table 2) and APGD-CE."""
-    c = default_config()
-    c.data.name = "fashion_mnist"
-    c.model.name = "cnn4c3f"
-    c.model.widths = (16, 32)
-    c.model.fc_widths = (128,)
-    c.model.dropout_rate = 0.0
-    c.optim.name = "sgd"
-    c.optim.lr = 0.05
-    c.optim.momentum = 0.9
-    c.optim.weight_decay = 5e-4
-    c.optim.schedule = "cosine"
-    c.train.epochs = 20
-    c.train.batch_size = 128
-    c.train.log_every = 50
-    c.train.checkpoint_every_steps = 500
-    c.eval.batch_size = 500
-    c.eval.limit = 0  # the whole test split (override with --limit)
-    c.eval.attacks = [
-        dict(name="fgsm", eps=EPS),
-        dict(name="pgd", label="pgd-20", eps=EPS, step_size=STEP, steps=20),
-        dict(name="pgd", label="pgd-100", eps=EPS, step_size=STEP, steps=100),
-        dict(name="multitargeted_pgd", label="mt-pgd-20", eps=EPS, step_size=STEP, steps=20),
-        dict(name="apgd_ce", label="apgd-ce-100", eps=EPS, steps=100),
-    ]
-    c.objective.eps = EPS
-    c.objective.step_size = STEP
-    c.objective.steps = 10
-    return c
+from advjax.config import ascl_fmnist_base
 
 
 def get_config():
-    c = _fmnist_thesis()
-    c.objective.name = "ascl"
+    c = ascl_fmnist_base()
     c.objective.selection = "leaked_ls"
-    c.objective.tau = 0.07
-    c.objective.lambda_scl = 1.0
-    c.objective.lambda_vat = 2.0
     return c
