@@ -166,7 +166,7 @@ def train_step(state: TrainState, batch: Dict[str, jax.Array], *, objective, bas
                                       method_state=new_obj_state["method"])
     new_state = jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new_state, state)
     metrics = dict(metrics, finite=finite.astype(jnp.float32),
-                   grad_norm=optax.global_norm(grads))
+                   grad_norm=optax.tree.norm(grads))
     return new_state, metrics
 
 
