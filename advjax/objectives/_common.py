@@ -98,6 +98,14 @@ def train_forward(apply_fn, params, model_state, x, key, *, return_features: boo
     return out, {**model_state, **new_state}
 
 
+def natural_and_adversarial_logits(apply_fn, params, model_state, x, x_adv, k_nat, k_adv):
+    """Training-mode passes on the clean batch, then on the adversarial one (batch norm sees them
+    separately, as in the TRADES and MART reference code). Returns (logits_nat, logits_adv, state)."""
+    logits_nat, model_state = train_forward(apply_fn, params, model_state, x, k_nat)
+    logits_adv, model_state = train_forward(apply_fn, params, model_state, x_adv, k_adv)
+    return logits_nat, logits_adv, model_state
+
+
 def accuracy(logits: jax.Array, y: jax.Array) -> jax.Array:
     return jnp.mean(jnp.argmax(logits, axis=-1) == y)
 

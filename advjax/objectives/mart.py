@@ -57,8 +57,8 @@ def make(apply_fn, *, eps: float, step_size: float, steps: int, beta: float = 6.
         x_adv = jax.lax.stop_gradient(attacks.pgd(
             f, x, y, eps=eps, step_size=step_size, steps=steps, norm=norm, random_start=False,
             x_init=x_init))
-        logits_nat, ms = c.train_forward(apply_fn, params, state["model"], x, k_nat)
-        logits_adv, ms = c.train_forward(apply_fn, params, ms, x_adv, k_adv)
+        logits_nat, logits_adv, ms = c.natural_and_adversarial_logits(
+            apply_fn, params, state["model"], x, x_adv, k_nat, k_adv)
         loss, bce, kl = mart_loss(logits_nat, logits_adv, y, beta)
         metrics = {"bce": bce, "kl": kl, "acc": c.accuracy(logits_nat, y),
                    "adv_acc": c.accuracy(logits_adv, y)}

@@ -48,8 +48,8 @@ def make(apply_fn, *, eps: float, step_size: float, steps: int, beta: float = 6.
         f = c.attack_logits_fn(apply_fn, params, state["model"], mode=attack_bn, key=k_drop_attack)
         x_adv = jax.lax.stop_gradient(
             trades_attack(f, x, y, k_attack, eps=eps, step_size=step_size, steps=steps, norm=norm))
-        logits_nat, ms = c.train_forward(apply_fn, params, state["model"], x, k_nat)
-        logits_adv, ms = c.train_forward(apply_fn, params, ms, x_adv, k_adv)
+        logits_nat, logits_adv, ms = c.natural_and_adversarial_logits(
+            apply_fn, params, state["model"], x, x_adv, k_nat, k_adv)
         loss, ce, kl = trades_loss(logits_nat, logits_adv, y, beta)
         metrics = {"ce": ce, "kl": kl, "acc": c.accuracy(logits_nat, y),
                    "adv_acc": c.accuracy(logits_adv, y)}
