@@ -397,6 +397,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
                 f"updated. Last good checkpoint: step {last} in {os.path.join(workdir, 'checkpoints')}")
         return m
 
+    def log(pending_item, m, epoch):
+        nonlocal t_window, imgs_window
+        s = pending_item[0]
+        if s % log_every and s != total_steps:
+            return
+        now = time.perf_counter()
+        ips = imgs_window / max(now - t_window, 1e-9)
+        t_window, imgs_window = now, 0
+        scalars = {k: float(v) for k, v in m.items() if k != "finite"}
+        scalars["lr"] = float(b["schedule"](s - 1))
+        scalars["images_per_sec"] = ips
+        scalars["epoch"] = epoch
+        writer.write(s, scalars)
+        progress.update(0, {"loss": f"{scalars['loss']:.3f}", "img/s": f"{ips:.0f}"})
+
     step = start_step
     try:
         for epoch in range(start_step // steps_per_epoch, epochs):
@@ -410,18 +425,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
                 batch = _shard({"image": batch["image"], "label": batch["label"]}, n_dev)
                 rstate, metrics = p_step(rstate, batch)
                 if pending is not None:
-                    m = check(pending)
-                    if pending[0] % log_every == 0 or pending[0] == total_steps:
-                        now = time.perf_counter()
-                        ips = imgs_window / max(now - t_window, 1e-9)
-                        t_window, imgs_window = now, 0
-                        scalars = {k: float(v) for k, v in m.items() if k != "finite"}
-                        scalars["lr"] = float(b["schedule"](pending[0] - 1))
-                        scalars["images_per_sec"] = ips
-                        scalars["epoch"] = epoch
-                        writer.write(pending[0], scalars)
-                        progress.update(0, {"loss": f"{scalars['loss']:.3f}",
-                                            "img/s": f"{ips:.0f}"})
+                    log(pending, check(pending), epoch)
                 step += 1
                 imgs_window += config.train.batch_size
                 pending = (step, metrics)
@@ -435,8 +439,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
             if b["objective"].end_of_epoch is not None:
                 rstate = _end_of_epoch(rstate, b["objective"], devices)
             ckpt.save(_unreplicate(rstate))
-        if pending is not None:
-            check(pending)
+        if pending is not None and pending[0] == total_steps:  # the last step has no successor
+            log(pending, check(pending), epochs - 1)
     finally:
         progress.close()
     train_seconds = time.perf_counter() - t_start
