@@ -100,6 +100,12 @@ def is_batch_level(attack) -> bool:
     return bool(getattr(getattr(attack, "func", attack), "batch_level", False))
 
 
+def is_set_level(attack) -> bool:
+    """True for attacks over a whole evaluation set at once (DAA's Algorithm 1 reshuffles the set
+    into particle minibatches every round): `robust_accuracy` calls them once on all the examples."""
+    return bool(getattr(getattr(attack, "func", attack), "set_level", False))
+
+
 def _attacked_predictions(logits_fn, attack, x, y, key, valid):
     """Predictions on attack(x). Padded rows (valid = False) must not influence a batch-level attack,
     so it gets the mask; per-example attacks ignore the padding by construction."""
@@ -166,6 +172,10 @@ def robust_accuracy(logits_fn: Callable[[jax.Array], jax.Array],
         process returns the result of the whole data set, equal to a single-process evaluation.
         Batch-level attacks (DAA) see whole batches, never split across processes. `seconds` are
         the slowest process's.
+
+    Set-level attacks (`is_set_level`, e.g. "daa_algorithm1") run once on all the (limited)
+    examples, with key fold_in(fold_in(key, 2**31 - 1), j), before the batch loop; `data` must
+    then be arrays.
     """
     num_shards, shard_index = 1, 0
     if across_processes:
@@ -174,11 +184,29 @@ def robust_accuracy(logits_fn: Callable[[jax.Array], jax.Array],
         attacks = dict(attack_from_spec(s) for s in attacks)
     _validation.check_positive_int(batch_size, "batch_size")
     predict = jax.jit(lambda x: jnp.argmax(logits_fn(x), axis=-1))
+    set_level = {name: a for name, a in attacks.items() if is_set_level(a)}
     jitted = {name: jax.jit(functools.partial(_attacked_predictions, logits_fn, a))
-              for name, a in attacks.items()}
+              for name, a in attacks.items() if name not in set_level}
+    set_adv, set_seconds = {}, {}
+    if set_level:
+        # Set-level attacks see every example at once (in a multi-process run, every process runs
+        # them on the whole set with the same key, so all agree; the evaluation is then sharded).
+        if not (isinstance(data, tuple) and len(data) == 2 and hasattr(data[0], "shape")):
+            raise ValueError(f"attacks: {sorted(set_level)} work on a whole evaluation set and need "
+                             f"data as (x, y) arrays, not an iterable of batches")
+        xs, ys = np.asarray(data[0])[:limit], np.asarray(data[1])[:limit]
+        _validation.check_batch(logits_fn, jnp.asarray(xs), jnp.asarray(ys.astype(np.int32)))
+        set_key = jax.random.fold_in(key, 2**31 - 1)  # distinct from every batch's key
+        for j, (name, a) in enumerate(attacks.items()):
+            if name in set_level:
+                t0 = time.perf_counter()
+                set_adv[name] = np.asarray(a(logits_fn, jnp.asarray(xs),
+                                             jnp.asarray(ys.astype(np.int32)),
+                                             key=jax.random.fold_in(set_key, j)))
+                set_seconds[name] = time.perf_counter() - t0
     correct = {"clean": []}
     correct.update({name: [] for name in attacks})
-    seconds = {name: 0.0 for name in correct}
+    seconds = {name: set_seconds.get(name, 0.0) for name in correct}
     n, num_batches, batch_ids = 0, 0, []
     for b, (x, y) in enumerate(_as_batches(data, batch_size)):
         if limit is not None and n >= limit:
@@ -201,11 +229,14 @@ def robust_accuracy(logits_fn: Callable[[jax.Array], jax.Array],
         correct["clean"].append(pred == y[:m])
         batch_ids.append(b)
         kb = jax.random.fold_in(key, b)
-        for j, (name, fn) in enumerate(jitted.items()):
+        for j, name in enumerate(attacks):
             t0 = time.perf_counter()
-            pred = np.asarray(fn(xp, yp, jax.random.fold_in(kb, j), valid))[:m]
+            if name in set_adv:
+                pred = np.asarray(predict(jnp.asarray(_pad(set_adv[name][n:n + m], batch_size))))
+            else:
+                pred = np.asarray(jitted[name](xp, yp, jax.random.fold_in(kb, j), valid))
             seconds[name] += time.perf_counter() - t0
-            correct[name].append(pred == y[:m])
+            correct[name].append(pred[:m] == y[:m])
         n += m
         if verbose:
             print(f"  evaluated {n} examples", flush=True)

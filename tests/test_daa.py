@@ -374,6 +374,26 @@ def test_registered_and_usable_from_robust_accuracy(mlp, batch):
 # Algorithm 1
 # ------------------------------------------------------------------------------------------------
 
+def test_algorithm1_through_robust_accuracy_matches_direct_call(mlp, batch):
+    # A set-level attack: robust_accuracy runs it once on all 24 examples (evaluation batches of 10,
+    # so the last one is padded), and its column equals the predictions on the direct call's output.
+    x, y = np.asarray(batch[0]), np.asarray(batch[1])
+    spec = {"name": "daa_algorithm1", "label": "alg1", "rounds": 2, "batch_size": 8, "steps": 4,
+            "eps": EPS, "step_size": STEP, "c": 2.0}
+    key = jax.random.PRNGKey(5)
+    res = evaluate.robust_accuracy(mlp, (x, y), [spec], key=key, batch_size=10)
+    _, fn = evaluate.attack_from_spec(spec)
+    assert evaluate.is_set_level(fn) and not evaluate.is_set_level(attacks.pgd)
+    x_adv = fn(mlp, jnp.asarray(x), jnp.asarray(y), key=jax.random.fold_in(jax.random.fold_in(key, 2**31 - 1), 0))
+    direct = np.asarray(jnp.argmax(mlp(x_adv), -1)) == y
+    np.testing.assert_array_equal(res.correct["alg1"], direct)
+    assert res.attacks["alg1"] < res.clean  # the attack did something
+    with pytest.raises(ValueError, match="whole evaluation set"):
+        evaluate.robust_accuracy(mlp, [(x, y)], [spec], key=key, batch_size=24)
+    res_limited = evaluate.robust_accuracy(mlp, (x, y), [spec], key=key, batch_size=10, limit=15)
+    assert res_limited.n == 15 and len(res_limited.correct["alg1"]) == 15
+
+
 def test_round_steps_sum_to_total():
     assert daa.round_steps(100, 10) == [10] * 10
     assert daa.round_steps(7, 3) == [3, 2, 2]

@@ -30,6 +30,8 @@ ATTACKS = {
     # Batch-level (the evaluation batch is DAA's particle set; Algorithm 1 with R = 1):
     "daa_blob": daa_blob,
     "daa_dgf": daa_dgf,
+    # Set-level: Algorithm 1 over the whole evaluation set (R rounds of reshuffled minibatches).
+    "daa_algorithm1": daa_algorithm1,
     # TA-MOO (thesis Ch. 4): EoT per-example; UNI batch-level (groups of K images share one delta).
     # tamoo_ens takes a list of member logits functions, so it is exported but not registered.
     "tamoo_eot": tamoo_eot,
@@ -53,4 +55,4 @@ def get_attack(name):
         raise ValueError(f"unknown attack {name!r}; valid: {sorted(ATTACKS)}") from None
 
 
-__all__ = ["ATTACKS", "daa_algorithm1", "tamoo_ens", "get_attack", "register_attack"] + sorted(ATTACKS)
+__all__ = ["ATTACKS", "tamoo_ens", "get_attack", "register_attack"] + sorted(ATTACKS)

@@ -506,3 +506,4 @@ def daa_algorithm1(logits_fn: LogitsFn, x_all, y_all, *, key: jax.Array, method:
 
 
 daa_algorithm1.batch_level = True
+daa_algorithm1.set_level = True  # `evaluate.robust_accuracy` calls it once on the whole set
