@@ -507,3 +507,35 @@ def test_ensemble_moo_at_trains_every_member_on_the_shared_ensemble_examples():
     assert_in_ball_and_box(x_adv, batch["image"], EPS)
     ref = sum(float(jnp.mean(losses.cross_entropy(z, batch["label"]))) for z in members(x_adv))
     np.testing.assert_allclose(float(loss), ref, rtol=1e-5)
+
+
+def test_stochastic_eot_is_reproducible_per_key_and_stays_in_the_ball_and_box():
+    fn = linear_member(jax.random.PRNGKey(7), 8 * 8, 4)
+    x = jax.random.uniform(jax.random.PRNGKey(8), (4, 8, 8, 1))
+    y = jnp.argmax(fn(x), -1)
+    kw = dict(eps=EPS, step_size=0.04, steps=3, weighting="tamoo", stochastic=True)
+    run = fast_jit(lambda x, y, k: tamoo.tamoo_eot(fn, x, y, key=k, **kw))
+    a, b = run(x, y, jax.random.PRNGKey(0)), run(x, y, jax.random.PRNGKey(0))
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert_in_ball_and_box(a, x, EPS)
+    assert not np.array_equal(np.asarray(a), np.asarray(run(x, y, jax.random.PRNGKey(1))))
+    # Different keys draw different transformations; one draw per example, inside [0, 1], and the
+    # parameter ranges contain the identity (crop 1, rotation 0, gamma 1), which the draws approach.
+    draw = lambda k: {n: t(k, x) for n, t in tamoo.STOCHASTIC_EOT_TRANSFORMS.items()}
+    d0, d1 = fast_jit(draw)(jax.random.PRNGKey(0)), fast_jit(draw)(jax.random.PRNGKey(1))
+    for name in ("center_crop", "brightness", "rotation", "gamma"):
+        out = np.asarray(d0[name])
+        assert out.shape == x.shape and out.min() >= 0.0 and out.max() <= 1.0, name
+        assert not np.allclose(out, np.asarray(d1[name])), name
+    np.testing.assert_allclose(tamoo.center_crop_resize_per_example(x, jnp.ones(4)), x, atol=1e-6)
+    np.testing.assert_allclose(tamoo.rotate_per_example(x, jnp.zeros(4)), x, atol=1e-6)
+    np.testing.assert_allclose(tamoo.rotate_per_example(x, jnp.full(4, 10.0)), tamoo.rotate(x),
+                               atol=1e-6)
+    np.testing.assert_allclose(tamoo.gamma_correction_per_example(x, jnp.full(4, 1.3)),
+                               tamoo.gamma_correction(x), rtol=1e-5, atol=1e-7)
+    # gamma < 1 keeps a finite gradient at black pixels (the thesis' overflow, App. D.4).
+    g = jax.grad(lambda v: jnp.sum(tamoo.gamma_correction_per_example(v, jnp.full(4, 0.7))))(
+        x.at[:, 0].set(0.0))
+    assert np.all(np.isfinite(np.asarray(g)))
+    succ = tamoo.eot_success(fn, a, y, stochastic_key=jax.random.PRNGKey(2))
+    assert succ.shape == (4, 7)

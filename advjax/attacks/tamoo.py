@@ -32,12 +32,16 @@ Metrics: `a_all` (fraction of problems with every task achieved) and `a_avg` (me
 
 Defaults (App. C): eta_w = 0.005, K = 10, lambda = 100; losses "ce", "kl" or "cw" (C&W margin
 relu(max_{j != y} z_j - z_y + 50), App. C) or any (logits, y) -> per-example loss.
-Not implemented: the stochastic EoT ranges, App. D.4's gradient memory; App. E.1's entropy bonus is
+Stochastic EoT (Table 9, right column): `tamoo_eot(..., stochastic=True)` draws fresh transformation
+parameters for every example, task and attack step (`STOCHASTIC_EOT_TRANSFORMS`); `eot_success(...,
+stochastic_key=k)` scores one draw. Not implemented: App. D.4's gradient memory (our gamma correction
+has a finite gradient everywhere, see `gamma_correction_per_example`); App. E.1's entropy bonus is
 `entropy_weight` (0 by default; the authors' code uses 20 for EoT).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable, Optional, Sequence
 
@@ -138,15 +142,20 @@ def _task_gradients(task_fn, delta):
 
 
 def _moo_attack(task_fn, delta0, project, *, m, step_size, steps, norm, weighting, lam, lr_w,
-                inner_steps, gamma, minmax_lr, entropy_weight):
-    """Algorithm 1 of Ch. 4 on a (P, ...) perturbation; returns the last iterate delta_L."""
+                inner_steps, gamma, minmax_lr, entropy_weight, task_key=None):
+    """Algorithm 1 of Ch. 4 on a (P, ...) perturbation; returns the last iterate delta_L.
+
+    task_key: if given, task_fn takes (delta, key) and step t passes fold_in(task_key, t) (stochastic
+    tasks, e.g. EoT with random transformation parameters)."""
     problems = delta0.shape[0]
     alpha0 = jnp.full((problems, m), 1.0 / m, delta0.dtype)   # Alg. 1 line 2
     w0 = jnp.full((problems, m), 1.0 / m, delta0.dtype)
 
-    def body(_, carry):
+    def body(t, carry):
         delta, alpha, w_mm = carry
-        task_losses, achieved, grads = _task_gradients(task_fn, delta)
+        step_fn = task_fn if task_key is None else (
+            lambda d: task_fn(d, jax.random.fold_in(task_key, t)))
+        task_losses, achieved, grads = _task_gradients(step_fn, delta)
         flat = grads.reshape(problems, m, -1)
         if weighting == "uniform":
             w = w0
@@ -365,32 +374,127 @@ def _transforms(names):
     return [EOT_TRANSFORMS[n] for n in names]
 
 
+
+# Stochastic EoT (Table 9, right column): parameters drawn per example. Each entry is
+# t(key, x) -> transformed x; the transforms are differentiable in x.
+
+def _resample(x, src_r, src_c):
+    """Bilinear resampling of each image of x (NHWC) at per-example source coordinates (B, H, W),
+    zero fill outside the image."""
+    def one_image(img, r, c):
+        return jax.vmap(lambda ch: jax.scipy.ndimage.map_coordinates(
+            ch, [r, c], order=1, mode="constant", cval=0.0), in_axes=2, out_axes=2)(img)
+    return jnp.clip(jax.vmap(one_image)(x, src_r, src_c), 0.0, 1.0)
+
+
+def _grid(x):
+    _, h, w, _ = x.shape
+    rows, cols = jnp.meshgrid(jnp.arange(h, dtype=x.dtype), jnp.arange(w, dtype=x.dtype),
+                              indexing="ij")
+    return rows, cols, (h - 1) / 2.0, (w - 1) / 2.0
+
+
+def center_crop_resize_per_example(x, fractions):
+    """Central crop of `fractions[b]` of each side of image b, resized back (bilinear, by sampling
+    the input at the center + (pixel - center) * fraction); traceable fractions, unlike
+    `center_crop_resize`, whose crop size is static."""
+    rows, cols, cy, cx = _grid(x)
+    f = fractions.astype(x.dtype)[:, None, None]
+    return _resample(x, cy + (rows - cy) * f, cx + (cols - cx) * f)
+
+
+def rotate_per_example(x, degrees):
+    """`rotate` with one (traceable) angle per image."""
+    rows, cols, cy, cx = _grid(x)
+    theta = -jnp.deg2rad(degrees.astype(x.dtype))[:, None, None]
+    src_r = cy + (rows - cy) * jnp.cos(theta) - (cols - cx) * jnp.sin(theta)
+    src_c = cx + (rows - cy) * jnp.sin(theta) + (cols - cx) * jnp.cos(theta)
+    return _resample(x, src_r, src_c)
+
+
+def gamma_correction_per_example(x, gammas):
+    """x ** gamma[b] with a finite gradient everywhere: for gamma < 1 the derivative of x ** gamma is
+    infinite at x = 0 (the overflow the thesis reports in App. D.4 on stochastic EoT); here pixels at
+    exactly 0 map to 0 with gradient 0, all others as x ** gamma."""
+    g = gammas.astype(x.dtype)[:, None, None, None]
+    xc = jnp.clip(x, 0.0, 1.0)
+    positive = xc > 0
+    safe = jnp.where(positive, xc, 1.0)
+    return jnp.where(positive, jnp.power(safe, g), 0.0)
+
+
+def _per_example_uniform(key, x, low, high):
+    return jax.random.uniform(key, (x.shape[0],), x.dtype, low, high)
+
+
+def _random_flip(flip):
+    def t(key, x):
+        coin = jax.random.bernoulli(key, 0.5, (x.shape[0],))[:, None, None, None]
+        return jnp.where(coin, flip(x), x)
+    return t
+
+
+STOCHASTIC_EOT_TRANSFORMS = {
+    "identity": lambda key, x: x,
+    "hflip": _random_flip(hflip),                                   # p = 0.5
+    "vflip": _random_flip(vflip),                                   # p = 0.5
+    "center_crop": lambda key, x: center_crop_resize_per_example(
+        x, _per_example_uniform(key, x, 0.6, 1.0)),                 # scale ~ U(0.6, 1.0)
+    "brightness": lambda key, x: jnp.clip(
+        x * _per_example_uniform(key, x, 1.0, 1.3)[:, None, None, None], 0.0, 1.0),  # U(1.0, 1.3)
+    "rotation": lambda key, x: rotate_per_example(
+        x, _per_example_uniform(key, x, -10.0, 10.0)),              # angle ~ U(-10, 10)
+    "gamma": lambda key, x: gamma_correction_per_example(
+        x, _per_example_uniform(key, x, 0.7, 1.3)),                 # gamma ~ U(0.7, 1.3)
+}
+
+
+def _stochastic_transforms(names, key):
+    """[x -> t_i(x)] with the parameters of task i drawn from `key` (one key per task)."""
+    names = tuple(EOT_TRANSFORMS) if names is None else tuple(names)
+    _transforms(names)  # validates the names
+    keys = jax.random.split(key, len(names))
+    return [functools.partial(STOCHASTIC_EOT_TRANSFORMS[n], k) for n, k in zip(names, keys)]
+
+
 def tamoo_eot(logits_fn: Callable, x: jax.Array, y: jax.Array, *, key: Optional[jax.Array] = None,
               eps, step_size, steps: int, transforms: Optional[Sequence[str]] = None,
               norm: str = "linf", weighting: str = "tamoo", loss="ce", lam: float = 100.0,
               lr_w: float = 0.005, inner_steps: int = 10, gamma: float = 3.0,
               minmax_lr: float = 0.01, entropy_weight: float = 0.0,
-              random_start: bool = True) -> jax.Array:
+              random_start: bool = True, stochastic: bool = False) -> jax.Array:
     """EoT (Ch. 4, Sec. 3.2, Table 9): one perturbation per example that fools the model under every
     deterministic transformation t_i (`transforms`, names of EOT_TRANSFORMS, default all seven);
-    task i = argmax h(t_i(x + delta)) != y. Per-example."""
-    steps = _check(weighting, eps, step_size, steps, norm, key, random_start)
-    ts = _transforms(transforms)
-    nat = [logits_fn(t(x)) for t in ts] if loss == "kl" else [None] * len(ts)
+    task i = argmax h(t_i(x + delta)) != y. Per-example.
 
-    def task_fn(delta):
+    stochastic: Table 9's stochastic setting; task i is the family of t_i (STOCHASTIC_EOT_TRANSFORMS:
+    flips with p = 0.5, crop scale U(0.6, 1), brightness U(1, 1.3), rotation U(-10, 10) degrees,
+    gamma U(0.7, 1.3)), with parameters drawn afresh for every example, task and step (one sample
+    of the expectation per step); needs `key`, and the same key gives the same attack."""
+    steps = _check(weighting, eps, step_size, steps, norm, key, random_start or stochastic)
+    if stochastic:
+        key, task_key = jax.random.split(key)
+        _transforms(transforms)
+    else:
+        task_key = None
+        ts = _transforms(transforms)
+
+    def task_fn(delta, step_key=None):
+        tfs = ts if step_key is None else _stochastic_transforms(transforms, step_key)
+        nat = [logits_fn(t(x)) for t in tfs] if loss == "kl" else [None] * len(tfs)
         xa = threat.clip_to_box(x + delta)
-        outs = [logits_fn(t(xa)) for t in ts]
+        outs = [logits_fn(t(xa)) for t in tfs]
         task_losses = jnp.stack([_task_loss(loss, o, y, n) for o, n in zip(outs, nat)], axis=1)
         achieved = jnp.stack([jnp.argmax(o, -1) != y for o in outs], axis=1)
         return task_losses, achieved
 
     project = lambda d: threat.project_to_threat(x + d, x, eps, norm) - x
     delta0 = project(_start(key, x, eps, norm, random_start))
-    delta = _moo_attack(task_fn, delta0, project, m=len(ts), step_size=step_size, steps=steps,
+    m = len(tuple(EOT_TRANSFORMS) if transforms is None else tuple(transforms))
+    delta = _moo_attack(task_fn, delta0, project, m=m, step_size=step_size, steps=steps,
                         norm=norm, weighting=weighting, lam=lam, lr_w=lr_w,
                         inner_steps=inner_steps, gamma=gamma, minmax_lr=minmax_lr,
-                        entropy_weight=entropy_weight)
+                        entropy_weight=entropy_weight, task_key=task_key)
     return threat.project_to_threat(x + delta, x, eps, norm)
 
 
@@ -416,10 +520,12 @@ def ens_success(logits_fns, x_adv, y):
     return jnp.stack([jnp.argmax(f(x_adv), -1) != y for f in logits_fns], axis=1)
 
 
-def eot_success(logits_fn, x_adv, y, transforms=None):
-    """(B, m): the model misclassifies t_i(x_adv)."""
-    return jnp.stack([jnp.argmax(logits_fn(t(x_adv)), -1) != y for t in _transforms(transforms)],
-                     axis=1)
+def eot_success(logits_fn, x_adv, y, transforms=None, *, stochastic_key=None):
+    """(B, m): the model misclassifies t_i(x_adv); with stochastic_key, t_i is one draw of the
+    stochastic family (STOCHASTIC_EOT_TRANSFORMS) per example."""
+    ts = (_transforms(transforms) if stochastic_key is None
+          else _stochastic_transforms(transforms, stochastic_key))
+    return jnp.stack([jnp.argmax(logits_fn(t(x_adv)), -1) != y for t in ts], axis=1)
 
 
 def uni_success(logits_fn, x_adv, y, group_size):
