@@ -1,4 +1,4 @@
-"""Pictures people look at: adversarial example grids and robust accuracy against eps (matplotlib, Agg)."""
+"""Pictures: adversarial example grids and robust accuracy against eps (matplotlib, Agg)."""
 
 from __future__ import annotations
 
@@ -54,6 +54,44 @@ def adversarial_grid(path: str, x: np.ndarray, x_adv: np.ndarray, y: np.ndarray,
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def comparison_grid(path: str, x: np.ndarray, y: np.ndarray, pred_clean: np.ndarray,
+                    rows: Sequence[tuple], *, eps: float, title: str = "") -> str:
+    """Saves clean images above several attacks' results on the same images (e.g. PGD's example next
+    to samples of a learned adversarial distribution): for each (name, x_adv, pred) of `rows`, a row
+    of adversarial images (predictions in red when wrong) and a row of perturbations x_adv - x on a
+    diverging colour map fixed to [-eps, eps], so that rows compare at one scale.
+    """
+    n = len(x)
+    for r, (name, x_adv, pred) in enumerate(rows):
+        if len(x_adv) != n or len(pred) != n:
+            raise ValueError(f"rows[{r}] ({name!r}): {len(x_adv)} images and {len(pred)} "
+                             f"predictions, expected {n} (one per image of x)")
+    plt = _plt()
+    num_rows = 1 + 2 * len(rows)
+    fig, axes = plt.subplots(num_rows, n, figsize=(1.4 * n + 1.2, 1.45 * num_rows), squeeze=False)
+    for i in range(n):
+        _show(axes[0, i], x[i])
+        axes[0, i].set_title(f"y={int(y[i])}, pred {int(pred_clean[i])}", fontsize=7,
+                             color="black" if pred_clean[i] == y[i] else "red")
+        for r, (_, x_adv, pred) in enumerate(rows):
+            _show(axes[1 + 2 * r, i], x_adv[i])
+            axes[1 + 2 * r, i].set_title(f"pred {int(pred[i])}", fontsize=7,
+                                         color="black" if pred[i] == y[i] else "red")
+            d = np.asarray(x_adv[i], np.float32) - np.asarray(x[i], np.float32)
+            _show(axes[2 + 2 * r, i], d.mean(axis=-1) if d.ndim == 3 else d, cmap="RdBu",
+                  vmin=-eps, vmax=eps)
+    axes[0, 0].set_ylabel("clean", fontsize=8)
+    for r, (name, _, _) in enumerate(rows):
+        axes[1 + 2 * r, 0].set_ylabel(name, fontsize=8)
+        axes[2 + 2 * r, 0].set_ylabel("x_adv - x", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 

@@ -42,29 +42,11 @@ from advjax.attacks import daa  # noqa: E402
 
 
 def build_model(key):
-    """(logits_fn, description): the registered DAA FMNIST CNN, or a stand-in without models."""
-    try:
-        from advjax import models
-        model = models.get_model("daa_cnn")
-        variables = models.init_variables(model, key, (28, 28, 1))
-        return models.logits_fn(model, variables), "advjax.models.get_model('daa_cnn')"
-    except (ImportError, AttributeError, ValueError):
-        # TODO: remove once advjax.models provides "daa_cnn" everywhere. A comparable stand-in:
-        # the released DAA FMNIST model (conv 5x5x32, conv 5x5x32, pool, conv 3x3x64 x2, pool, fc).
-        import flax.linen as nn
-
-        class StandIn(nn.Module):
-            @nn.compact
-            def __call__(self, x):
-                for i, (w, k) in enumerate([(32, 5), (32, 5), (64, 3), (64, 3)]):
-                    x = nn.relu(nn.Conv(w, (k, k), padding="SAME")(x))
-                    if i % 2 == 1:
-                        x = nn.max_pool(x, (2, 2), (2, 2))
-                return nn.Dense(10)(x.reshape(x.shape[0], -1))
-
-        m = StandIn()
-        params = m.init(key, jnp.zeros((1, 28, 28, 1)))
-        return (lambda x: m.apply(params, x)), "stand-in flax CNN (advjax.models unavailable)"
+    """(logits_fn, description): the DAA paper's Fashion-MNIST CNN, eval mode, random weights."""
+    from advjax import models
+    model = models.get_model("daa_cnn")
+    variables = models.init_variables(model, key, (28, 28, 1))
+    return models.logits_fn(model, variables), "advjax.models.get_model('daa_cnn')"
 
 
 def median_times(fns, *args, reps: int):
