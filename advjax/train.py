@@ -471,7 +471,14 @@ def eval_logits_fn(model, state):
     # Device arrays: a state fetched to the host holds NumPy arrays, which Flax's lifted transforms
     # (e.g. the nn.vmap of advjax.models.Ensemble) refuse as closure constants.
     variables = jax.tree_util.tree_map(jnp.asarray, {"params": state.params, **state.model_state})
-    return lambda x: model.apply(variables, x, train=False)
+
+    def logits_fn(x):
+        return model.apply(variables, x, train=False)
+
+    if isinstance(model, models_lib.Ensemble):
+        # Member logits (N, B, C) for attacks on the members (TA-MOO's ENS, "tamoo_ens").
+        logits_fn.members = lambda x: model.apply(variables, x, train=False, return_members=True)
+    return logits_fn
 
 
 def evaluate_result(config, state, model, *, limit: Optional[int] = None):

@@ -8,7 +8,7 @@ from advjax.attacks.adt import adt_exp_attack
 from advjax.attacks.apgd import apgd, apgd_ce, apgd_t
 from advjax.attacks.daa import daa_algorithm1, daa_blob, daa_dgf
 from advjax.attacks.gradient import bim, cw_pgd, fgm, fgsm, mim, multitargeted_pgd, pgd, rfgsm
-from advjax.attacks.tamoo import tamoo_ens, tamoo_eot, tamoo_uni
+from advjax.attacks.tamoo import tamoo_ens, tamoo_ens_members, tamoo_eot, tamoo_uni
 from advjax.attacks.wrm import wrm
 
 ATTACKS = {
@@ -33,7 +33,9 @@ ATTACKS = {
     # Set-level: Algorithm 1 over the whole evaluation set (R rounds of reshuffled minibatches).
     "daa_algorithm1": daa_algorithm1,
     # TA-MOO (thesis Ch. 4): EoT per-example; UNI batch-level (groups of K images share one delta).
-    # tamoo_ens takes a list of member logits functions, so it is exported but not registered.
+    # ENS: tamoo_ens takes the members' logits functions; the registered "tamoo_ens_members" takes
+    # an ensemble's logits_fn with a .members attribute (advjax.train.eval_logits_fn sets it).
+    "tamoo_ens_members": tamoo_ens_members,
     "tamoo_eot": tamoo_eot,
     "tamoo_uni": tamoo_uni,
 }

@@ -137,7 +137,9 @@ def _task_gradients(task_fn, delta):
         cot = jnp.zeros_like(task_losses).at[:, i].set(1.0)
         return vjp_fn(cot)[0]
 
-    grads = jax.vmap(grad_of_task)(jnp.arange(m))            # (m, P, ...)
+    # lax.map, not vmap: JAX cannot batch the VJP of a custom_vjp layer (advjax.models.layers.Conv's
+    # default) when the attack runs inside a pmapped training step's gradient (TA-MOO AT).
+    grads = jax.lax.map(grad_of_task, jnp.arange(m))          # (m, P, ...)
     return task_losses, achieved, jnp.moveaxis(grads, 0, 1)
 
 
@@ -251,6 +253,28 @@ def tamoo_ens(logits_fns: Sequence[Callable], x: jax.Array, y: jax.Array, *,
 
 
 tamoo_ens.__doc__ += _COMMON_DOC
+
+
+def tamoo_ens_members(logits_fn: Callable, x: jax.Array, y: jax.Array, *,
+                      key: Optional[jax.Array] = None, eps, step_size, steps: int,
+                      norm: str = "linf", weighting: str = "tamoo", loss="ce", lam: float = 100.0,
+                      lr_w: float = 0.005, inner_steps: int = 10, gamma: float = 3.0,
+                      minmax_lr: float = 0.01, entropy_weight: float = 0.0,
+                      random_start: bool = True) -> jax.Array:
+    """`tamoo_ens` against the members of an ensemble given as ONE logits function, so that ENS
+    runs from a config like any attack (registered as "tamoo_ens_members"): `logits_fn.members(x)`
+    must return the member logits (m, B, C); `advjax.train.eval_logits_fn` sets it for an
+    `Ensemble` model. Arguments as `tamoo_ens`."""
+    members = getattr(logits_fn, "members", None)
+    if not callable(members):
+        raise ValueError("logits_fn: the ENS attack needs the ensemble's members, a callable "
+                         "logits_fn.members(x) -> (members, batch, classes) (set by "
+                         "advjax.train.eval_logits_fn for an ensemble model); for separate "
+                         "networks call tamoo_ens with a list of logits functions")
+    return tamoo_ens(members, x, y, key=key, eps=eps, step_size=step_size, steps=steps, norm=norm,
+                     weighting=weighting, loss=loss, lam=lam, lr_w=lr_w, inner_steps=inner_steps,
+                     gamma=gamma, minmax_lr=minmax_lr, entropy_weight=entropy_weight,
+                     random_start=random_start)
 
 
 def tamoo_uni(logits_fn: Callable, x: jax.Array, y: jax.Array, *, key: Optional[jax.Array] = None,

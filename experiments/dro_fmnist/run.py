@@ -42,6 +42,10 @@ METHODS = [
     study.Method("PGD-AT", "pgd_at_fmnist"),
     study.Method("TRADES", "trades_fmnist"),
     study.Method("MART", "mart_fmnist"),
+    # UDR-PGD's loss is CE(x) + CE(x_a); PGD-AT's (mix = 1) is CE(x_a) alone. This row is UDR-PGD's
+    # hard-ball limit: 0.5 CE(x) + 0.5 CE(x_a) at twice the learning rate (the same SGD steps up to
+    # weight decay), separating UDR's soft ball from the added natural loss.
+    study.Method("PGD-AT mix 0.5", "pgd_at_fmnist", {"objective.mix": 0.5, "optim.lr": 0.1}),
     study.Method("UDR-PGD", "udr_pgd_fmnist"),
     study.Method("UDR-TRADES", "udr_trades_fmnist"),
     study.Method("WRM (DRA_2)", "wrm_fmnist", {"objective.gamma": DRO_GAMMA}),
