@@ -71,6 +71,25 @@ def load_config(name: str, overrides: Optional[Dict[str, Any]] = None):
     return config
 
 
+def argument_parser(study: str, *, train_limit: int, epochs: int, n: int):
+    """The flags every study script shares: training subset and epochs, test images, threads,
+    workdir (default workdirs/<study>)."""
+    import argparse
+    p = argparse.ArgumentParser(description=f"experiments/{study}")
+    p.add_argument("--train-limit", type=int, default=train_limit,
+                   help="train on the first N training images")
+    p.add_argument("--epochs", type=int, default=epochs)
+    p.add_argument("--n", type=int, default=n, help="evaluate on the first N test images")
+    p.add_argument("--threads", type=int, default=1, help="XLA:CPU threads (0 = XLA's default)")
+    p.add_argument("--workdir", default=os.path.join(ROOT, "workdirs", study))
+    return p
+
+
+def common_overrides(args) -> Dict[str, Any]:
+    """Config overrides shared by a study's methods (the loop's own final evaluation: clean only)."""
+    return {"data.train_limit": args.train_limit, "train.epochs": args.epochs, "eval.limit": 500}
+
+
 def command_line(study: str, args: Sequence[str]) -> str:
     return " ".join(["python", f"experiments/{study}/run.py", *args])
 

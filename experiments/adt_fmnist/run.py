@@ -17,7 +17,6 @@ images (the paper's Fig. 1 idea), and their perturbations.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -71,17 +70,12 @@ def samples_figure(results_dir: str, workdir: str, num_images: int = 6, num_samp
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser()
-    p.add_argument("--train-limit", type=int, default=15000)
-    p.add_argument("--epochs", type=int, default=4)
-    p.add_argument("--n", type=int, default=1000)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--only", nargs="*")
-    p.add_argument("--workdir", default=os.path.join(study.ROOT, "workdirs", "adt_fmnist"))
+    p = study.argument_parser("adt_fmnist", train_limit=15000, epochs=4, n=1000)
+    p.add_argument("--only", nargs="*", help="run only these methods (labels)")
     args = p.parse_args(argv)
     study.pin_threads(args.threads)
     t0 = time.time()
-    common = {"data.train_limit": args.train_limit, "train.epochs": args.epochs, "eval.limit": 500}
+    common = study.common_overrides(args)
     attacks = [dict(a) for a in study.load_config("adt_exp_fmnist").eval.attacks]
     results = study.run(HERE, METHODS, common=common, attacks=attacks, n=args.n,
                         a_rob_over=[a["label"] if "label" in a else a["name"] for a in attacks],

@@ -4,7 +4,7 @@ restarts.
 
 1. Train (`--stage train`): configs/daa_fmnist.py (DAA CNN, PGD-7 AT at eps 0.2) through the study
    driver (`advjax.train.train_and_evaluate`, resumable), on the first --train-limit training images
-   for --epochs epochs (defaults 20,000 and 5: what fits this CPU, see README.md).
+   for --epochs epochs (defaults 20,000 and 4: what fits this CPU, see README.md).
 2. Evaluate (`--stage eval`): the first --n test images (default 2,000). Every restart r is one
    call of `advjax.evaluate.robust_accuracy` with key r and all the columns, so each restart is an
    independent random start for every attack and its per-example results are kept (per_restart.npz):
@@ -29,7 +29,6 @@ restarts.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -59,10 +58,6 @@ def attack_specs(loss: str):
         dict(alg1, label=f"daa_blob/{loss}", method="blob", c=1.5 if loss == "ce" else 15.0),
         dict(alg1, label=f"daa_dgf/{loss}", method="dgf", coef=1e-3 if loss == "ce" else 1e-2),
     ]
-
-
-def common(args):
-    return {"data.train_limit": args.train_limit, "train.epochs": args.epochs, "eval.limit": 500}
 
 
 def evaluate_restarts(args, config, workdir):
@@ -189,20 +184,15 @@ def figure1(config, workdir, num_images=8):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser()
+    p = study.argument_parser("daa_fmnist", train_limit=20000, epochs=4, n=2000)
     p.add_argument("--stage", choices=["train", "eval", "report", "all"], default="all")
-    p.add_argument("--train-limit", type=int, default=20000)
-    p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--n", type=int, default=2000)
     p.add_argument("--restarts-ce", type=int, default=2)
     p.add_argument("--restarts-cw", type=int, default=1)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--workdir", default=os.path.join(study.ROOT, "workdirs", "daa_fmnist"))
     args = p.parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else argv
     study.pin_threads(args.threads)
     t0 = time.time()
-    config, workdir, info = study.train(METHOD, common(args), args.workdir)
+    config, workdir, info = study.train(METHOD, study.common_overrides(args), args.workdir)
     print(f"trained: {info['train_seconds']:.0f} s", flush=True)
     if args.stage in ("eval", "all"):
         evaluate_restarts(args, config, workdir)

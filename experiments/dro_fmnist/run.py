@@ -20,7 +20,6 @@ accuracy_vs_eps.png next to this file.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -88,7 +87,6 @@ def report(results, args, wall):
             md.append(f"- {label}: {keep}; train {r['train_seconds']:.0f} s")
     with open(os.path.join(HERE, "results.md"), "w") as f:
         f.write("\n".join(md) + "\n")
-    from advjax import plots
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -111,22 +109,15 @@ def report(results, args, wall):
     axes[0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(os.path.join(HERE, "accuracy_vs_eps.png"), dpi=120)
-    del plots
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser()
-    p.add_argument("--train-limit", type=int, default=15000)
-    p.add_argument("--epochs", type=int, default=4)
-    p.add_argument("--n", type=int, default=1000)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--only", nargs="*")
-    p.add_argument("--workdir", default=os.path.join(study.ROOT, "workdirs", "dro_fmnist"))
+    p = study.argument_parser("dro_fmnist", train_limit=15000, epochs=4, n=1000)
+    p.add_argument("--only", nargs="*", help="run only these methods (labels)")
     args = p.parse_args(argv)
     study.pin_threads(args.threads)
     t0 = time.time()
-    common = {"data.train_limit": args.train_limit, "train.epochs": args.epochs,
-              "eval.limit": 500}
+    common = study.common_overrides(args)
     results = study.run(HERE, METHODS, common=common, attacks=attacks(), n=args.n,
                         a_rob_over=("fgsm", "linf-0.1", "pgd-100"), workdir_root=args.workdir,
                         only=args.only)
