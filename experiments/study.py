@@ -25,6 +25,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import shlex
 import shutil
 import sys
 import time
@@ -91,7 +92,7 @@ def common_overrides(args) -> Dict[str, Any]:
 
 
 def command_line(study: str, args: Sequence[str]) -> str:
-    return " ".join(["python", f"experiments/{study}/run.py", *args])
+    return shlex.join(["python", f"experiments/{study}/run.py", *args])
 
 
 def _digest(obj) -> str:
