@@ -92,14 +92,15 @@ def evaluate_restarts(args, config, workdir):
 
 
 def paired_t(a, b):
-    """Paired t-test over restarts: (mean difference, t, two-sided p) or None for < 2 restarts."""
+    """Paired t-test over restarts: (mean difference, t, two-sided p); None for < 2 restarts or a
+    zero standard deviation of the differences."""
     import numpy as np
     d = np.asarray(a) - np.asarray(b)
     if len(d) < 2:
         return None
     sd = d.std(ddof=1)
-    if sd == 0:
-        return float(d.mean()), float("inf") if d.mean() else 0.0, 0.0 if d.mean() else 1.0
+    if sd == 0:  # identical differences in every restart: t is undefined, not infinitely significant
+        return None
     t = d.mean() / (sd / math.sqrt(len(d)))
     try:
         from scipy import stats
@@ -143,7 +144,8 @@ def report(args, info, wall):
         for name in ("daa_blob", "daa_dgf", "mim"):
             mc = study.mcnemar(worst[name], worst["pgd"])
             tt = paired_t(per_restart[name], per_restart["pgd"])
-            ttxt = ("t-test over restarts: n/a (one restart)" if tt is None else
+            ttxt = ("t-test over restarts: n/a (one restart, or the same difference in every "
+                    "restart)" if tt is None else
                     f"t-test over restarts: mean diff {100 * tt[0]:+.2f} points, t = {tt[1]:.2f}, "
                     f"p = {tt[2]:.3g}")
             lines.append(f"- {TITLES[name]} vs PGD: McNemar (all restarts) {mc['a_only']} images "
