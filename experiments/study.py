@@ -38,14 +38,13 @@ if ROOT not in sys.path:
 
 
 def pin_threads(threads: int) -> None:
-    """Restricts XLA:CPU to `threads` compute threads (0 = XLA's default); call before JAX loads."""
-    if threads and "jax" not in sys.modules:
+    """threads = 1: XLA:CPU computes on one thread (`--xla_cpu_multi_thread_eigen=false`); 0: XLA's
+    default (all cores). Call before importing JAX."""
+    if threads not in (0, 1):
+        raise ValueError(f"threads must be 0 (XLA's default) or 1, got {threads}")
+    if threads == 1 and "jax" not in sys.modules:
         flags = os.environ.get("XLA_FLAGS", "")
-        if threads == 1:
-            flags += " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
-        else:
-            flags += f" intra_op_parallelism_threads={threads}"
-        os.environ["XLA_FLAGS"] = flags.strip()
+        os.environ["XLA_FLAGS"] = (flags + " --xla_cpu_multi_thread_eigen=false").strip()
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 
@@ -81,7 +80,8 @@ def argument_parser(study: str, *, train_limit: int, epochs: int, n: int):
                    help="train on the first N training images")
     p.add_argument("--epochs", type=int, default=epochs)
     p.add_argument("--n", type=int, default=n, help="evaluate on the first N test images")
-    p.add_argument("--threads", type=int, default=1, help="XLA:CPU threads (0 = XLA's default)")
+    p.add_argument("--threads", type=int, default=1, choices=(0, 1),
+                   help="1: XLA:CPU on one thread; 0: XLA's default")
     p.add_argument("--workdir", default=os.path.join(ROOT, "workdirs", study))
     return p
 
