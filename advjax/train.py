@@ -476,7 +476,7 @@ def eval_logits_fn(model, state):
         return model.apply(variables, x, train=False)
 
     if isinstance(model, models_lib.Ensemble):
-        # Member logits (N, B, C) for attacks on the members (TA-MOO's ENS, "tamoo_ens").
+        # Member logits (N, B, C) for attacks on the members (TA-MOO ENS, "tamoo_ens_members").
         logits_fn.members = lambda x: model.apply(variables, x, train=False, return_members=True)
     return logits_fn
 

@@ -398,7 +398,6 @@ def _transforms(names):
     return [EOT_TRANSFORMS[n] for n in names]
 
 
-
 # Stochastic EoT (Table 9, right column): parameters drawn per example. Each entry is
 # t(key, x) -> transformed x; the transforms are differentiable in x.
 
