@@ -101,7 +101,15 @@ def fmnist_core_attacks(eps: float) -> list:
 
 
 def adt_fmnist_base(eps: float = 0.1) -> ml_collections.ConfigDict:
-    """ADT Table-1 study (adt_*_fmnist): the protocol plus eval FGSM, PGD-20/100, MIM-20, C&W-30, EXP."""
+    """ADT Table-1 study (adt_*_fmnist): the protocol plus eval FGSM, PGD-20/100, MIM-20, C&W-30, EXP.
+
+    Five configs (adt_standard_fmnist, adt_at_pgd_fmnist, adt_exp_fmnist, adt_exp_am_fmnist,
+    adt_imp_am_fmnist) share data, model, optimizer, schedule and evaluation; only the objective
+    differs. linf eps = 0.1; the evaluation columns are the paper's (Sec. 5.1): FGSM, PGD-20,
+    PGD-100, MIM-20, C&W (margin loss by PGD, 30 steps), all with step size eps / 4 and, as in the
+    authors' evaluation code, a uniform random start; plus the EXP attack (Sec. 5.3, T = 20,
+    k = 10). A_rob (Eq. 12) is the per-example worst case over these columns.
+    """
     c = fmnist_small_cnn_protocol(default_config())
     step = eps / 4
     c.eval.attacks = fmnist_core_attacks(eps) + [
