@@ -13,8 +13,8 @@ attack specs. For every method the driver
    and a rerun skips every method whose config and evaluation are unchanged.
 
 Every study runs XLA:CPU on one thread by default (`--threads 1`; 0 = XLA's default) so that two
-studies can share this 2-core machine: one PGD-AT run measured 439 img/s on one thread against 465
-with XLA's default, by a scratch timing script that is not kept.
+studies can share this 2-core machine (a single-process run loses little by it, by a scratch timing
+not kept in the repo, so no figure is given).
 """
 
 from __future__ import annotations

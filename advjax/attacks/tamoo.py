@@ -261,10 +261,10 @@ def tamoo_ens_members(logits_fn: Callable, x: jax.Array, y: jax.Array, *,
                       lr_w: float = 0.005, inner_steps: int = 10, gamma: float = 3.0,
                       minmax_lr: float = 0.01, entropy_weight: float = 0.0,
                       random_start: bool = True) -> jax.Array:
-    """`tamoo_ens` against the members of an ensemble given as ONE logits function, so that ENS
-    runs from a config like any attack (registered as "tamoo_ens_members"): `logits_fn.members(x)`
-    must return the member logits (m, B, C); `advjax.train.eval_logits_fn` sets it for an
-    `Ensemble` model. Arguments as `tamoo_ens`."""
+    """ENS (thesis Ch. 4, Sec. 3.2, Alg. 1): `tamoo_ens` against the members of an ensemble given as
+    ONE logits function, so that ENS runs from a config like any attack (registered as
+    "tamoo_ens_members"): `logits_fn.members(x)` must return the member logits (m, B, C);
+    `advjax.train.eval_logits_fn` sets it for an `Ensemble` model. Arguments as `tamoo_ens`."""
     members = getattr(logits_fn, "members", None)
     if not callable(members):
         raise ValueError("logits_fn: the ENS attack needs the ensemble's members, a callable "
