@@ -385,8 +385,8 @@ def test_fast_implementations_do_not_change_the_model():
 # ------------------------------------------------------------------------------------------------
 
 def test_registry_names_and_num_classes_field():
-    assert set(models.MODELS) == {"mlp", "cnn4c3f", "madry_cnn", "daa_cnn", "dra_cnn", "resnet20",
-                                  "preact_resnet18", "wrn", "ensemble"}
+    assert set(models.MODELS) == {"mlp", "cnn4c3f", "madry_cnn", "daa_cnn", "daa_release_cnn",
+                                  "dra_cnn", "resnet20", "preact_resnet18", "wrn", "ensemble"}
     for name in models.MODELS:
         fields = models.model_fields(name)
         assert "num_classes" in fields and "parent" not in fields and "name" not in fields
@@ -469,6 +469,9 @@ PAPER_CONFIGS = [
     ("cnn4c3f", {}, (28, 28, 1), 172_874, 4 * 4 * 32),                      # ADR CNN-4C3F(32)
     ("cnn4c3f", dict(widths=(64, 64), fc_widths=(256, 256)), (32, 32, 3), 590_794, 5 * 5 * 64),
     ("daa_cnn", {}, (28, 28, 1), 96_554, 7 * 7 * 64),
+    # DAA's release, fashion-mnist-master/model.py: 832 + 25,632 + 18,496 + 36,928 (convs)
+    # + 3,212,288 (fc1) + 2,048 (inference-mode batch norm) + 10,250 (fc2).
+    ("daa_release_cnn", {}, (28, 28, 1), 3_306_474, 7 * 7 * 64),
     ("dra_cnn", {}, (32, 32, 3), 9_938_378, 512),
     ("resnet20", {}, (32, 32, 3), 269_722, 64),
     ("preact_resnet18", {}, (32, 32, 3), 11_172_170, 512),
@@ -594,3 +597,31 @@ def test_explicit_grad_conv_inside_fori_loop_matches_xla():
         return jax.jit(lambda z: jax.lax.fori_loop(0, 3, lambda i, a: a + 0.1 * jnp.sign(g(a)), z))(x)
 
     np.testing.assert_allclose(run(layers._conv_explicit_grad), run(layers._conv_xla), atol=1e-6)
+
+
+def test_daa_release_cnn_follows_the_release():
+    """DAA's released Fashion-MNIST model: kernels truncated normal (stddev 0.1, cut at 2 sd),
+    biases 0.1, and `tf.layers.batch_normalization` in inference mode = gamma h / sqrt(1.001) + beta
+    on the ReLU of fc1 (its moving statistics never leave mean 0 / variance 1)."""
+    model = models.get_model("daa_release_cnn")
+    variables = models.init_variables(model, KEY, (28, 28, 1))
+    params = variables["params"]
+    assert set(variables) == {"params"}  # no batch_stats: the batch norm never uses batch statistics
+    fc1 = np.asarray(params["fc1"]["kernel"])
+    assert np.abs(fc1).max() <= 0.2 + 1e-6 and 0.08 < fc1.std() < 0.095  # truncated N(0, 0.1)
+    for layer in ("conv1", "conv2", "conv3", "conv4", "fc1", "fc2"):
+        np.testing.assert_array_equal(np.asarray(params[layer]["bias"]), np.float32(0.1))
+    # The batch norm is the documented affine map: perturb gamma and beta and compare.
+    params = jax.tree_util.tree_map(lambda a: a, params)
+    params["bn"] = {"scale": jnp.linspace(0.5, 2.0, 1024), "bias": jnp.linspace(-1.0, 1.0, 1024)}
+    x = jax.random.uniform(KEY, (3, 28, 28, 1))
+    logits, feats = model.apply({"params": params}, x, return_features=True)
+    h = jax.nn.relu(feats @ params["fc1"]["kernel"] + params["fc1"]["bias"])
+    h = params["bn"]["scale"] * h / np.sqrt(1.001) + params["bn"]["bias"]
+    expected = h @ params["fc2"]["kernel"] + params["fc2"]["bias"]
+    np.testing.assert_allclose(np.asarray(logits), np.asarray(expected), rtol=1e-4, atol=1e-4)
+    flax_init = models.init_variables(models.get_model("daa_release_cnn", initializer="flax"), KEY,
+                                      (28, 28, 1))["params"]
+    np.testing.assert_array_equal(np.asarray(flax_init["fc1"]["bias"]), 0.0)
+    with pytest.raises(ValueError, match="initializer"):
+        models.init_variables(models.get_model("daa_release_cnn", initializer="tf"), KEY, (28, 28, 1))

@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 
 from advjax.models import layers
-from advjax.models.cnn import CNN4C3F, DAACNN, DRACNN, MadryCNN
+from advjax.models.cnn import CNN4C3F, DAACNN, DAAReleaseCNN, DRACNN, MadryCNN
 from advjax.models.ensemble import Ensemble
 from advjax.models.layers import CIFAR10_MEAN, CIFAR10_STD, max_pool_2x2
 from advjax.models.mlp import MLP
@@ -55,6 +55,7 @@ MODELS: Dict[str, type] = {
     "cnn4c3f": CNN4C3F,
     "madry_cnn": MadryCNN,
     "daa_cnn": DAACNN,
+    "daa_release_cnn": DAAReleaseCNN,
     "dra_cnn": DRACNN,
     "resnet20": ResNet20,
     "preact_resnet18": PreActResNet18,
@@ -133,7 +134,7 @@ def logits_fn(model: nn.Module, variables: Dict[str, Any], *, train: bool = Fals
 
 
 __all__ = [
-    "MLP", "CNN4C3F", "MadryCNN", "DAACNN", "DRACNN", "ResNet20", "PreActResNet18", "WideResNet",
+    "MLP", "CNN4C3F", "MadryCNN", "DAACNN", "DAAReleaseCNN", "DRACNN", "ResNet20", "PreActResNet18", "WideResNet",
     "MODELS", "get_model", "model_fields", "init_variables", "param_count", "logits_fn",
     "max_pool_2x2", "layers", "CIFAR10_MEAN", "CIFAR10_STD",
 ]

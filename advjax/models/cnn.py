@@ -124,9 +124,10 @@ class MadryCNN(nn.Module):
 
 
 class DAACNN(nn.Module):
-    """The Fashion-MNIST target model of DAA (Zheng, Chen & Ren, "Distributionally adversarial
-    attack", AAAI 2019, Sec. 5): "four convolutional layers and a fully connected layer with batch
-    normalization". The paper gives nothing more, so the layers are chosen here:
+    """A small stand-in for DAA's Fashion-MNIST target (Zheng, Chen & Ren, "Distributionally
+    adversarial attack", AAAI 2019, Sec. 5: "four convolutional layers and a fully connected layer
+    with batch normalization"), written before the authors' release was read and used by the first
+    DAA study. The authors' model is `DAAReleaseCNN` ("daa_release_cnn"); this one is
 
     conv 3x3 (SAME, no bias) -> batch norm -> ReLU for each of ``widths`` = (32, 32, 64, 64), with a
     2x2 max-pool after the 2nd and the 4th (28 -> 14 -> 7), flatten (= features, 7*7*64 = 3136),
@@ -153,6 +154,70 @@ class DAACNN(nn.Module):
                 h = max_pool(h, self.pool_impl, padding="SAME")
         features = flatten(h)
         logits = nn.Dense(self.num_classes, name="fc")(features)
+        return (logits, features) if return_features else logits
+
+
+class _InferenceBatchNorm(nn.Module):
+    """``tf.layers.batch_normalization(h)`` as DAA's release calls it: without ``training=True``, so
+    it always normalizes with its moving statistics, which stay at their initial mean 0 / variance 1
+    (their update ops only run in training mode). What is left is a trainable per-feature affine map
+    gamma * h / sqrt(1 + 1e-3) + beta (TensorFlow's epsilon 1e-3), gamma = 1 and beta = 0 at init."""
+
+    epsilon: float = 1e-3
+
+    @nn.compact
+    def __call__(self, h: jnp.ndarray) -> jnp.ndarray:
+        gamma = self.param("scale", nn.initializers.ones_init(), (h.shape[-1],))
+        beta = self.param("bias", nn.initializers.zeros_init(), (h.shape[-1],))
+        return gamma * h * (1.0 / jnp.sqrt(1.0 + self.epsilon)) + beta
+
+
+class DAAReleaseCNN(nn.Module):
+    """DAA's Fashion-MNIST target model as the authors released it (Zheng, Chen & Ren, AAAI 2019,
+    Sec. 5 / Table 3; ``tianzheng4/Distributionally-Adversarial-Attack``,
+    ``fashion-mnist-master/model.py``, the ``a_very_robust_model`` checkpoints):
+
+    conv 5x5 32 -> ReLU -> conv 5x5 32 -> ReLU -> max-pool 2x2 -> conv 3x3 64 -> ReLU -> conv 3x3 64
+    -> ReLU -> max-pool 2x2 -> flatten (= features, 7*7*64 = 3136) -> dense 1024 -> ReLU -> batch norm
+    in inference mode (`_InferenceBatchNorm`: a trainable affine map, see there) -> dense 10.
+    All convolutions and pools 'SAME' (28 -> 14 -> 7); 3,306,474 parameters on 28x28x1 inputs with 10
+    classes (``param_count``).
+
+    initializer="release" (default): every kernel truncated normal with stddev 0.1 and every bias
+    0.1, as the release's ``_weight_variable`` / ``_bias_variable``; "flax": Flax's LeCun normal / zeros.
+    The training of the release (PGD-AT at eps 0.2, 30 steps of 0.01 from a random start, Adam 1e-4,
+    batch 50, 100k iterations) is ``configs/daa_release_fmnist.py``.
+
+    Parameters: conv1 ... conv4, fc1, bn (scale, bias), fc2; no ``batch_stats``.
+    """
+
+    num_classes: int = 10
+    initializer: str = "release"
+    pool_impl: str = "reshape"
+    first_conv_impl: str = "patches_grad"
+    conv_impl: str = "explicit_grad"
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, *, train: bool = False, return_features: bool = False):
+        del train  # no dropout; the batch norm never uses batch statistics
+        if self.initializer == "release":
+            inits = dict(kernel_init=nn.initializers.truncated_normal(0.1),
+                         bias_init=nn.initializers.constant(0.1))
+        elif self.initializer == "flax":
+            inits = {}
+        else:
+            raise ValueError(f"initializer must be 'release' or 'flax', got {self.initializer!r}")
+        h = x
+        for i, (width, size) in enumerate(((32, 5), (32, 5), (64, 3), (64, 3))):
+            impl = self.first_conv_impl if i == 0 else self.conv_impl
+            h = nn.relu(Conv(width, (size, size), padding="SAME", impl=impl, name=f"conv{i + 1}",
+                             **inits)(h))
+            if i % 2 == 1:
+                h = max_pool(h, self.pool_impl, padding="SAME")
+        features = flatten(h)
+        h = nn.relu(nn.Dense(1024, name="fc1", **inits)(features))
+        h = _InferenceBatchNorm(name="bn")(h)
+        logits = nn.Dense(self.num_classes, name="fc2", **inits)(h)
         return (logits, features) if return_features else logits
 
 

@@ -13,7 +13,7 @@ Conventions used by every model in `advjax.models`:
 from __future__ import annotations
 
 import functools
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -139,6 +139,8 @@ class Conv(nn.Module):
         few input channels (MNIST: 1), whose input gradient XLA:CPU computes slowly as a convolution
         with a single output channel (``python -m advjax.models.benchmark --only first_conv``).
         Costs kh*kw*C_in times the input's memory in the backward pass, so keep it for thin inputs.
+    kernel_init / bias_init: ``nn.Conv``'s defaults (LeCun normal, zeros) unless a model follows
+    its authors' initialization (e.g. `DAAReleaseCNN`).
     The parameter tree and the values (up to float rounding) are the same for both, so variables
     move freely between them; forward mode and higher derivatives work for both.
     """
@@ -148,12 +150,14 @@ class Conv(nn.Module):
     padding: str = "SAME"
     use_bias: bool = True
     impl: str = "explicit_grad"
+    kernel_init: Callable = nn.initializers.lecun_normal()
+    bias_init: Callable = nn.initializers.zeros_init()
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         kh, kw = self.kernel_size
         c_in = x.shape[-1]
-        kernel = self.param("kernel", nn.initializers.lecun_normal(), (kh, kw, c_in, self.features))
+        kernel = self.param("kernel", self.kernel_init, (kh, kw, c_in, self.features))
         kernel = kernel.astype(x.dtype)
         if self.impl == "xla":
             y = _conv_xla(x, kernel, self.padding)
@@ -164,7 +168,7 @@ class Conv(nn.Module):
         else:
             raise ValueError(f"conv impl must be one of {CONV_IMPLS}, got {self.impl!r}")
         if self.use_bias:
-            y = y + self.param("bias", nn.initializers.zeros_init(), (self.features,))
+            y = y + self.param("bias", self.bias_init, (self.features,))
         return y
 
 
