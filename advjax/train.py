@@ -279,8 +279,12 @@ class _Progress:
 # ------------------------------------------------------------------------------------------------
 
 def _unreplicate(rstate):
-    """The first device's copy of a replicated pytree (state or metrics), on the host."""
-    return jax.device_get(jax.tree_util.tree_map(lambda a: a[0], rstate))
+    """The first device's copy of a replicated pytree (state or metrics), on the host: row 0 of the
+    first addressable shard, read as Flax's `unreplicate` does because indexing a global array is
+    slow under the shard_map-based pmap of current JAX. Unlike Flax's, this also holds for a pmap
+    over 1 of several local devices, whose one shard is the whole (1, ...) array."""
+    first = lambda a: a.addressable_shards[0].data[0] if hasattr(a, "addressable_shards") else a[0]
+    return jax.device_get(jax.tree_util.tree_map(first, rstate))
 
 
 def _end_of_epoch(rstate, objective, devices):

@@ -26,10 +26,11 @@ fields.
 attacks take; ``param_count(model, input_shape)`` counts parameters without allocating them.
 
 Speed on XLA:CPU: 2x2 max-pooling is ``layers.max_pool_2x2`` (reshape + select), whose gradient is
-several times faster than ``nn.max_pool``'s ``select_and_scatter``; MadryCNN / CNN4C3F differentiate
-their first (thin-input) convolution with respect to its input as im2col + matmul
-(``first_conv_impl="patches_grad"``, the default; "xla" is the plain convolution). Measure with
-``python -m advjax.models.benchmark``.
+several times faster than ``nn.max_pool``'s ``select_and_scatter``; the CNNs' convolutions are
+``layers.Conv`` with ``impl="auto"``: on CPU, derivatives written in forms XLA:CPU runs fast (im2col
+for the thin first layer, an explicit input-gradient convolution, a batch-chunked kernel gradient),
+on GPU / TPU XLA's own convolution (``layers.resolve_conv_impl``; "xla" forces the plain one).
+Measure with ``python -m advjax.models.benchmark``.
 """
 
 from __future__ import annotations

@@ -43,8 +43,9 @@ class CNN4C3F(nn.Module):
     padding='SAME' keeps sizes for small inputs.
 
     Parameters: conv1 ... conv{2 * len(widths)}, fc1 ... fc{len(fc_widths) + 1}.
-    pool_impl / first_conv_impl: implementation switches with identical parameters and values (see
-    ``layers.max_pool`` and ``layers.Conv``).
+    pool_impl / first_conv_impl / conv_impl: implementation switches with identical parameters and
+    values (see ``layers.max_pool`` and ``layers.Conv``); "auto" takes the XLA:CPU workarounds on
+    CPU only (``layers.resolve_conv_impl``).
     """
 
     num_classes: int = 10
@@ -56,8 +57,8 @@ class CNN4C3F(nn.Module):
     mean: Optional[Sequence[float]] = None
     std: Optional[Sequence[float]] = None
     pool_impl: str = "reshape"
-    first_conv_impl: str = "patches_grad"
-    conv_impl: str = "explicit_grad"
+    first_conv_impl: str = "auto"
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, *, train: bool = False, return_features: bool = False):
@@ -95,9 +96,9 @@ class MadryCNN(nn.Module):
 
     pool_impl: "reshape" (default, ``layers.max_pool_2x2``) or "nn" (``nn.max_pool``); same values
       and gradients.
-    first_conv_impl: "patches_grad" (default: XLA's convolution forward, input derivatives by
-      im2col, faster on XLA:CPU for the 1-channel input) or "xla"; same parameters, values and
-      gradients up to float rounding. See ``layers.Conv``.
+    first_conv_impl / conv_impl: "auto" (default: on CPU "patches_grad" for the 1-channel input and
+      "explicit_grad" for the second convolution, elsewhere "xla"), or any `layers.Conv` impl; same
+      parameters, values and gradients up to float rounding. See ``layers.resolve_conv_impl``.
     """
 
     num_classes: int = 10
@@ -106,8 +107,8 @@ class MadryCNN(nn.Module):
     mean: Optional[Sequence[float]] = None
     std: Optional[Sequence[float]] = None
     pool_impl: str = "reshape"
-    first_conv_impl: str = "patches_grad"
-    conv_impl: str = "explicit_grad"
+    first_conv_impl: str = "auto"
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, *, train: bool = False, return_features: bool = False):
@@ -194,8 +195,8 @@ class DAAReleaseCNN(nn.Module):
     num_classes: int = 10
     initializer: str = "release"
     pool_impl: str = "reshape"
-    first_conv_impl: str = "patches_grad"
-    conv_impl: str = "explicit_grad"
+    first_conv_impl: str = "auto"
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, *, train: bool = False, return_features: bool = False):
