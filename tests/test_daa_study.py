@@ -32,6 +32,16 @@ def _module(name):
     return mod
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _cheap_compilation():
+    """These tests compile many small programs once each (the attacks run eagerly, as in the
+    study); XLA's optimizations cost more than they save here (about half the time)."""
+    old = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", old)
+
+
 @pytest.fixture(scope="module")
 def run():
     return _module("run")
@@ -103,12 +113,11 @@ def test_evaluation_resumes_attack_by_attack(run, tmp_path):
     atts = [run.Attack("mim", "ce"), run.Attack("pgd", "ce"), run.Attack("daa_dgf", "cw", 0.001)]
     ident = {"source": "tiny", "step": 0, "params_digest": "abc"}
 
+    evaluator = run.Evaluator(f, x, y, protocol)  # one compilation per attack for all runs
     ref_store = run.Store(str(tmp_path / "ref"), ident, len(x))
-    run.evaluate(run.Evaluator(f, x, y, protocol), ref_store, atts, 2, protocol=protocol,
-                 log=lambda s: None)
+    run.evaluate(evaluator, ref_store, atts, 2, protocol=protocol, log=lambda s: None)
 
     out = str(tmp_path / "out")
-    evaluator = run.Evaluator(f, x, y, protocol)
     killed = _Counting(evaluator, die_at=2)
     with pytest.raises(_Killed):
         run.evaluate(killed, run.Store(out, ident, len(x)), atts, 2, protocol=protocol,
@@ -170,3 +179,22 @@ def test_committed_weights_roundtrip_and_checks(weights, tmp_path):
     weights.save(path, bad, info={}, model="mlp", model_fields=fields, manifest=manifest)
     with pytest.raises(ValueError, match="wrong shapes.*fc2/kernel"):
         weights.load(path, manifest=manifest)
+
+
+@pytest.mark.slow
+def test_train_stage_cuts_at_a_checkpoint_and_continues(run, tmp_path):
+    """--stage train stops the `advjax train` child at the first checkpoint at or after the cut
+    (SIGINT; the checkpoints stay), and a larger cut continues the same run from there. On the
+    tiny config (a checkpoint every 20 steps), not the released one."""
+    workdir = str(tmp_path / "w")
+    common = ["--config", "tiny", "--train-override", "train.epochs=40", "--stage", "train",
+              "--poll-seconds", "0.2", "--workdir", workdir]
+    run.main(common + ["--max-iterations", "20"])
+    info = json.load(open(os.path.join(workdir, "study_train_info.json")))
+    first = info["stopped_at_iteration"]
+    assert info["reason"] == "iteration budget 20" and first >= 20
+    assert first < 40 * 22  # stopped long before the end (40 epochs of 22 steps)
+    run.main(common + ["--max-iterations", str(first + 1)])
+    log = open(os.path.join(workdir, "train_child.log")).read()
+    assert "Resumed from checkpoint at step" in log
+    assert run.checkpoint_steps(workdir)[-1] > first

@@ -418,9 +418,9 @@ def stage_train(args) -> None:
     if cut is not None and latest >= cut:
         print(f"[train] {workdir} is at iteration {latest} >= the cut {cut}: nothing to do")
         return
-    cmd = [sys.executable, "-m", "advjax.cli", "train", "--config", f"configs/{CONFIG}.py",
+    cmd = [sys.executable, "-m", "advjax.cli", "train", "--config", f"configs/{args.config}.py",
            "--workdir", workdir, "--config.train.keep_checkpoints=1000",
-           "--config.train.progress=False"]
+           "--config.train.progress=False"] + [f"--config.{o}" for o in args.train_override]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
     log_path = os.path.join(workdir, "train_child.log")
@@ -577,6 +577,9 @@ def stage_report(out: str) -> Dict[str, Any]:
             w = stats.mcnemar(wa, wp)
             worst_tests.append((a, len(common), w))
             res_loss[a.key + "_vs_pgd"] = {"compare": _jsonable(row), "all_restarts": w}
+        if not rows:
+            lines.append("")
+            continue
         lines += ["", f"Against PGD ({loss}), restart by restart (a restart plays the role of a "
                   f"seed; negative = the attack is stronger than PGD):", "", stats.table(rows),
                   stats.explain(), "",
@@ -623,7 +626,9 @@ def stage_curve(args, protocol: Protocol) -> None:
             raise ValueError(f"--curve-steps {missing}: {args.workdir} has checkpoints at {steps}")
     else:
         wanted = sorted({s for s in steps if s % args.curve_every == 0} | {steps[-1]})
-    path = os.path.join(HERE, "curve.json")
+    out_dir = args.out or HERE
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, "curve.json")
     curve = study.load_results(path)
     x, y = data.load_numpy("fashion_mnist", "test", limit=args.curve_n)
     pgd = Attack("pgd", "ce")
@@ -661,7 +666,7 @@ def stage_curve(args, protocol: Protocol) -> None:
         rel_txt = f"{min(rel):.2f}-{max(rel):.2f}" if rel else ""
         lines.append(f"| {s} | {s / RELEASED_ITERATIONS:.1%} | {100 * c['clean']:.2f} | "
                      f"{100 * c['pgd']:.2f} | {'' if o is None else f'{o:.2f}'} | {rel_txt} |")
-    with open(os.path.join(HERE, "curve.md"), "w") as f:
+    with open(os.path.join(out_dir, "curve.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines), flush=True)
 
@@ -684,7 +689,8 @@ def stage_time(args, protocol: Protocol) -> None:
     kinds = [Attack("rand_fgsm", "ce"), Attack("pgd", "ce"), Attack("mim", "ce"),
              Attack("daa_blob", "ce", 1.1), Attack("daa_dgf", "ce", 0.001)]
     out = {"model": what, "n": [n1, 2 * n1], "load_1min": os.getloadavg()[0],
-           "protocol": dataclasses.asdict(protocol), "attacks": {}}
+           "protocol": {**dataclasses.asdict(protocol), "batch_size": "one batch of n"},
+           "threads": args.threads, "attacks": {}}
     for att in kinds:
         t = []
         for n in (n1, 2 * n1):
@@ -706,7 +712,7 @@ def stage_time(args, protocol: Protocol) -> None:
     out["projected_seconds_per_restart_10k"] = per_restart
     out["load_1min_after"] = os.getloadavg()[0]
     out["command"] = study.command_line("daa_fmnist", args.argv)
-    study.save_results(os.path.join(HERE, "time.json"), out)
+    study.save_results(os.path.join(args.out or HERE, "time.json"), out)
     print(f"[time] per restart on 10,000 images: CE {per_restart['ce'] / 3600:.1f} h, CW "
           f"{per_restart['cw'] / 3600:.1f} h (load {out['load_1min']:.1f} -> "
           f"{out['load_1min_after']:.1f})", flush=True)
@@ -759,6 +765,11 @@ def main(argv=None):
     p.add_argument("--paper-protocol", action="store_true",
                    help="the released schedule unchanged (no cut), 10 restarts, all 10,000 images")
     p.add_argument("--workdir", default=os.path.join(ROOT, "workdirs", "daa_release"))
+    p.add_argument("--config", default=CONFIG,
+                   help="training config of --stage train (the study's claims use the default; "
+                        "others only for smoke tests)")
+    p.add_argument("--train-override", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="extra config overrides of the training child (smoke tests only)")
     p.add_argument("--max-iterations", type=int, default=DEFAULT_CUT,
                    help="CPU cut: stop at the first checkpoint at or after this iteration")
     p.add_argument("--max-hours", type=float, default=None,
@@ -767,7 +778,9 @@ def main(argv=None):
     p.add_argument("--checkpoint-step", type=int, default=None,
                    help="evaluate / export this checkpoint (default: the latest)")
     p.add_argument("--weights", default=None, help="a committed weights/*.npz instead")
-    p.add_argument("--out", default=None, help="results folder (default eval_step<S>/)")
+    p.add_argument("--out", default=None,
+                   help="results folder (eval: default eval_step<S>/; curve, time: default this "
+                        "folder)")
     p.add_argument("--n", type=int, default=10_000, help="the first N test images")
     p.add_argument("--restarts", type=int, default=1)
     p.add_argument("--losses", nargs="+", default=["ce", "cw"], choices=["ce", "cw"])
@@ -778,13 +791,16 @@ def main(argv=None):
     p.add_argument("--curve-every", type=int, default=3000)
     p.add_argument("--time-n", type=int, default=100)
     p.add_argument("--threads", type=int, default=1, choices=(0, 1),
-                   help="1: XLA:CPU on one thread; 0: XLA's default (all cores, or a GPU)")
+                   help="1: XLA:CPU on one thread (the training child too); 0: XLA's default "
+                        "threads and JAX's default backend (a GPU when there is one)")
     args = p.parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else list(argv)
     if args.paper_protocol:
         args.restarts, args.n = max(args.restarts, 10), 10_000
         args.stage = list(dict.fromkeys(["train", "eval", "report"] + args.stage))
-    study.pin_threads(args.threads)
+    if args.threads == 1:  # one XLA:CPU thread (and the CPU backend unless JAX_PLATFORMS says)
+        study.pin_threads(1)
+    # --threads 0: XLA's default threads and JAX's default backend (a GPU when there is one).
     protocol = Protocol()
     t0 = time.time()
     out = None
