@@ -153,8 +153,8 @@ def udr_toy_rows():
         s = stats.seed_difference(vals, pgd)
         lo, hi = s["ci95"]
         p = "n/a" if math.isnan(s["p"]) else f"{s['p']:.2g}"
-        rows.append(f"| UDR-toy-{label.split()[0]}-{vals[0]} | robust acc. PGD-200 eps 2.0, 3 seeds |"
-                    f" UDR-PGD {label} vs PGD-AT | {np.mean(vals):.1f} vs {np.mean(pgd):.1f} | "
+        rows.append(f"| UDR-toy-{label.split()[0]}-{vals[0]} | robust acc. PGD-200 eps 2.0, "
+                    f"3 seeds | UDR-PGD {label} vs PGD-AT | {np.mean(vals):.1f} vs {np.mean(pgd):.1f} | "
                     f"{s['mean']:+.1f} [{lo:+.1f}, {hi:+.1f}] | - | {p} | 3 seeds x 2,000 | - |")
     return rows
 

@@ -103,7 +103,7 @@ def mcnemar(correct_a, correct_b) -> Dict[str, Any]:
 # ------------------------------------------------------------------------------------------------
 
 def _betacf(a: float, b: float, x: float) -> float:
-    """Continued fraction of the incomplete beta function, evaluated by the modified Lentz method."""
+    """Continued fraction of the incomplete beta function (modified Lentz method)."""
     tiny = 1e-300
     qab, qap, qam = a + b, a + 1.0, a - 1.0
     c, d = 1.0, 1.0 - qab * x / qap

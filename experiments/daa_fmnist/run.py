@@ -95,7 +95,6 @@ import weights as weights_lib  # noqa: E402
 
 CONFIG = "daa_release_fmnist"
 RELEASED_ITERATIONS = 100_000
-CHECKPOINT_EVERY = 600
 DEFAULT_CUT = 12_000
 SEED = 0
 
@@ -118,7 +117,8 @@ class Protocol:
     rounds: int = 10       # Algorithm 1: R rounds of steps / R steps
     particles: int = 100   # M, the release's eval_batch_size
     kappa: float = 50.0    # CW_inf margin cap (Madry et al.)
-    batch_size: int = 500  # evaluation batch of the per-example attacks (no effect on results)
+    batch_size: int = 500  # evaluation batch of the per-example attacks; Rand+FGSM's and MIM's
+    # random draws are keyed per batch, so it is part of what determines their results
 
 
 @dataclasses.dataclass(frozen=True)
@@ -307,10 +307,9 @@ class Store:
 
 
 def attack_spec(att: Attack, protocol: Protocol) -> Dict[str, Any]:
-    """What determines an attack's result (batch_size does not)."""
-    p = dataclasses.asdict(protocol)
-    p.pop("batch_size")
-    return {"attack": dataclasses.asdict(att), "protocol": p, "seed": SEED}
+    """What determines an attack's result: a saved result with another spec is run again."""
+    return {"attack": dataclasses.asdict(att), "protocol": dataclasses.asdict(protocol),
+            "seed": SEED}
 
 
 def evaluate(evaluator: Evaluator, store: Store, attacks: Sequence[Attack], restarts: int, *,
@@ -651,10 +650,10 @@ def stage_curve(args, protocol: Protocol) -> None:
     theirs = release_curves().get("runs", {})
     lines = ["# Training-length curve of the released config", "",
              f"Command: `{study.command_line('daa_fmnist', args.argv)}`", "",
-             f"PGD-100 (CE, one restart) and clean accuracy on the first {args.curve_n} test images "
-             f"at each checkpoint; training adversarial accuracy = the PGD-30 training batch's, mean "
-             f"of the values logged within 1,000 iterations (ours: metrics.jsonl; the release's "
-             f"four complete runs: release_curves.json, min-max).", "",
+             f"PGD-100 (CE, one restart) and clean accuracy on the first {args.curve_n} test "
+             f"images at each checkpoint; training adversarial accuracy = the PGD-30 training "
+             f"batch's, mean of the values logged within 1,000 iterations (ours: metrics.jsonl; "
+             f"the release's four complete runs: release_curves.json, min-max).", "",
              "| iteration | share of 100k | clean (%) | PGD-100 (%) | train adv. acc., ours | "
              "train adv. acc., release runs |", "|---:|---:|---:|---:|---:|---|"]
     for key in sorted(curve, key=int):
@@ -795,6 +794,7 @@ def main(argv=None):
                         "threads and JAX's default backend (a GPU when there is one)")
     args = p.parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else list(argv)
+    args.workdir = os.path.abspath(args.workdir)  # the training child runs in the repository root
     if args.paper_protocol:
         args.restarts, args.n = max(args.restarts, 10), 10_000
         args.stage = list(dict.fromkeys(["train", "eval", "report"] + args.stage))
