@@ -551,9 +551,9 @@ def build(config, *, devices=None):
     objective = objectives_lib.make_objective(config.objective.name, model.apply,
                                               _kwargs(config.objective))
     tx, sched = make_optimizer(config.optim, steps_per_epoch, config.train.epochs)
-    return dict(devices=devices, mesh=make_mesh(_mesh_devices(devices)), info=info,
-                train=(train_x, train_y), model=model, eval_model=model, objective=objective,
-                tx=tx, schedule=sched, steps_per_epoch=steps_per_epoch)
+    return dict(devices=devices, info=info, train=(train_x, train_y), model=model,
+                eval_model=model, objective=objective, tx=tx, schedule=sched,
+                steps_per_epoch=steps_per_epoch)
 
 
 class _Run:
@@ -745,6 +745,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
 def _train_and_evaluate(config, workdir: str, changes) -> Dict[str, Any]:
     b = build(config)
+    b["mesh"] = make_mesh(_mesh_devices(b["devices"]))
     is_lead = jax.process_index() == 0
     init_key, b["base_key"] = jax.random.split(jax.random.PRNGKey(config.seed))
     state = create_train_state(b["model"], b["objective"], b["tx"], init_key, b["info"]["shape"])
@@ -781,8 +782,8 @@ def _train_and_evaluate(config, workdir: str, changes) -> Dict[str, Any]:
 
 def restore_state(config, workdir: str, *, allow_config_change: bool = False):
     """(state, eval_model) from the newest restorable checkpoint in workdir (`advjax eval` /
-    `attack`). Refuses a config that differs from the workdir's outside `workdir.RESUMABLE_KEYS`
-    unless allow_config_change."""
+    `attack`). Refuses a config whose model or dataset differs from the workdir's config.json, and
+    warns about other differences, unless allow_config_change (`workdir.check_config`)."""
     validate(config)
     _check_stored_config(config, workdir, allow_config_change, "eval")
     b = build(config, devices=jax.local_devices()[:1])

@@ -183,24 +183,42 @@ def read_stored_config(workdir: str) -> Optional[Dict[str, Any]]:
             raise WorkdirError(f"{path} is not valid JSON; restore it or move it aside") from None
 
 
+#: Keys whose change makes an evaluation of the workdir's checkpoint meaningless: another model
+#: cannot be restored, another dataset would be misleading. Other changes only warn in eval/attack.
+EVAL_IDENTITY_KEYS = ("model.", "data.name")
+
+
+def _is_eval_identity_key(key: str) -> bool:
+    return any(key.startswith(k) if k.endswith(".") else key == k for k in EVAL_IDENTITY_KEYS)
+
+
 def check_config(workdir: str, config, defaults, *, allow_change: bool = False,
                  command: str = "train") -> List[Tuple[str, Any, Any]]:
     """Compares `config` with workdir's config.json; returns the changes the run may go on with.
 
-    Raises WorkdirError listing the changed keys when some are not resumable (`RESUMABLE_KEYS`) and
-    `allow_change` is False. Returns [] when there is no stored config.
+    command "train": raises WorkdirError listing the changed keys when some are not resumable
+    (`RESUMABLE_KEYS`). command "eval" (eval / attack, which only read the checkpoint): raises when
+    `EVAL_IDENTITY_KEYS` changed (the model, the dataset) and warns about other changes. Nothing is
+    raised with allow_change. Returns [] when there is no stored config.
     """
     stored = read_stored_config(workdir)
     if stored is None:
         return []
     changes = config_changes(config_as_dict(config), stored, config_as_dict(defaults))
     refused = [c for c in changes if not is_resumable_key(c[0])]
+    if command != "train":
+        if refused and not allow_change:
+            others = [c for c in refused if not _is_eval_identity_key(c[0])]
+            if others:
+                _warn(f"evaluating {workdir!r}, trained with another config in\n"
+                      f"{format_changes(others)}")
+        refused = [c for c in refused if _is_eval_identity_key(c[0])]
     if refused and not allow_change:
         raise WorkdirError(
             f"workdir {workdir!r} holds another experiment: its config.json differs in\n"
             f"{format_changes(refused)}\n"
             f"Use a new --workdir, or pass --allow_config_change to {command} with the new config "
-            f"anyway (the stored config is kept beside it).")
+            f"anyway" + (" (the stored config is kept beside it)." if command == "train" else "."))
     return changes
 
 
