@@ -6,7 +6,13 @@ command line fails at once (ml-collections refuses unknown keys).
 
 Sections (design.md, contract 3): data, model, objective (name + hyperparameters), optim, train,
 eval (a list of attack specs), distributed.
+
+`check_config(config)` rejects keys that `default_config()` does not have (outside the free-form
+`model` and `objective` sections, which advjax.train checks against the model's fields and the
+objective's signature) and out-of-range train / eval values, before anything is computed.
 """
+
+from typing import Any, Dict
 
 import ml_collections
 
@@ -45,8 +51,17 @@ def default_config() -> ml_collections.ConfigDict:
     c.train.num_devices = 0         # 0 = all local devices
     c.train.log_every = 50
     c.train.checkpoint_every_steps = 200
-    c.train.keep_checkpoints = 3
+    c.train.keep_checkpoints = 3      # >= 1: the newest checkpoints kept (older ones are deleted)
     c.train.progress = True
+    # Collapse guard (advjax.train.CollapseGuard): after collapse_warmup_epochs, stop the run when,
+    # averaged over the last collapse_window_epochs, the model (evaluation mode, on the training
+    # batches, probed every log_every steps) predicts one class for at least collapse_top_class of
+    # the examples, or is at most collapse_acc_margin above chance accuracy.
+    c.train.collapse_guard = True
+    c.train.collapse_warmup_epochs = 1.0
+    c.train.collapse_window_epochs = 1.0
+    c.train.collapse_top_class = 0.9
+    c.train.collapse_acc_margin = 0.02
 
     c.eval = ml_collections.ConfigDict()
     c.eval.batch_size = 256
@@ -205,3 +220,73 @@ def cce_fmnist_base() -> ml_collections.ConfigDict:
     c.objective.name = "cce"
     c.objective.random_start = True
     return c
+
+
+# ------------------------------------------------------------------------------------------------
+# Checks before a run
+# ------------------------------------------------------------------------------------------------
+
+#: Sections whose keys depend on the chosen model / objective (checked by advjax.train.validate).
+FREE_FORM_SECTIONS = ("model", "objective")
+
+
+def _flat_keys(cfg, prefix: str = "") -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    for k, v in cfg.items():
+        if isinstance(v, ml_collections.ConfigDict):
+            out.update(_flat_keys(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def unknown_keys(config: ml_collections.ConfigDict) -> Dict[str, list]:
+    """{unknown key: the valid keys of its section} for keys outside the free-form sections."""
+    valid = _flat_keys(default_config())
+    out = {}
+    for key in _flat_keys(config):
+        if key.split(".", 1)[0] in FREE_FORM_SECTIONS or key in valid:
+            continue
+        section = key.rsplit(".", 1)[0] if "." in key else ""
+        siblings = [k for k in valid if (k.rsplit(".", 1)[0] if "." in k else "") == section]
+        out[key] = siblings or sorted({k.split(".", 1)[0] for k in valid})
+    return out
+
+
+# (key, minimum, integer?) for the train / eval values the loop divides by, counts or loops over.
+_RANGES = (
+    ("train.epochs", 1, True), ("train.batch_size", 1, True), ("train.log_every", 1, True),
+    ("train.keep_checkpoints", 1, True), ("train.checkpoint_every_steps", 0, True),
+    ("train.num_devices", 0, True), ("train.collapse_warmup_epochs", 0, False),
+    ("train.collapse_window_epochs", 0, False), ("train.collapse_acc_margin", 0, False),
+    ("eval.batch_size", 1, True), ("eval.limit", 0, True), ("data.train_limit", 0, True),
+)
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Raises ValueError naming the key for an unknown key or an out-of-range train / eval value."""
+    unknown = unknown_keys(config)
+    if unknown:
+        key, valid = next(iter(unknown.items()))
+        others = f" (and {', '.join(sorted(unknown)[1:])})" if len(unknown) > 1 else ""
+        raise ValueError(f"unknown config key config.{key}{others}; valid keys beside it:\n  "
+                         + "\n  ".join(f"config.{k}" for k in valid))
+    flat = _flat_keys(config)
+    for key, minimum, integer in _RANGES:
+        value = flat.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+                integer and int(value) != value):
+            kind = "an integer" if integer else "a number"
+            raise ValueError(f"config.{key} must be {kind} >= {minimum}, got {value!r}")
+        if value < minimum:
+            what = {"train.keep_checkpoints": " (0 would delete every checkpoint, the trained "
+                                              "model included)"}.get(key, "")
+            raise ValueError(f"config.{key} must be >= {minimum}, got {value!r}{what}")
+    top = flat.get("train.collapse_top_class")
+    if top is not None and not 0.0 < top <= 1.0:
+        raise ValueError(f"config.train.collapse_top_class must be in (0, 1], got {top!r}")
+    if flat.get("train.collapse_window_epochs") == 0 and flat.get("train.collapse_guard"):
+        raise ValueError("config.train.collapse_window_epochs must be > 0 while "
+                         "config.train.collapse_guard is on")

@@ -8,10 +8,13 @@ Contract: a training objective is a pure function
 * `state`: {"model": model collections other than params (e.g. {"batch_stats": ...}, or {}),
             "method": the method's own pytree (UDR's lambda, DRA's A, ...; {} for most)}.
 * `batch`: {"image": (B, H, W, C) in [0, 1], "label": (B,) int}.
-* `key`: a PRNG key for this step and device.
+* `key`: a PRNG key for this step. advjax.train calls the objective once on the whole global batch
+  (jitted over the devices), so a draw of shape (B, ...) gives example i the same noise on any
+  number of devices.
 * `aux`: {"metrics": {name: scalar}, "state": the new state (same structure)}.
 
-The loop averages gradients, metrics and floating-point state across devices (`lax.pmean`).
+Means over the batch are means over the global batch; an objective run per device under pmap or
+shard_map averages across devices itself (`cross_device_mean`).
 An objective is built by a factory `make(apply_fn, **hyperparameters) -> Objective`, where `apply_fn`
 is a Flax `model.apply`: `apply_fn(variables, x, train=..., rngs=..., mutable=..., return_features=...)`.
 """

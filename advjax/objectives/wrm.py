@@ -19,8 +19,9 @@ gradient step on mean_i CE(f(x'*_i), y_i) (Algorithm 1). Objectives here:
     sum_i zeta_i zeta_i^T of the perturbations zeta_i = x'_i - x_i; at the end of the epoch
     (`Objective.end_of_epoch`) A is recomputed by Theorem 2 (`theorem2_matrix`) and the scatter reset.
 
-Device-independence (the loop pmeans floating method state after every step and derives each device's
-key from (seed, step, device index)):
+Device-independence (advjax.train runs the step on the global batch, so the points below hold there
+by construction; they matter when the objective runs per device, under pmap, with the method state
+pmean-ed after every step and a key per device):
   * DRA_A stores the scatter as the running sum over steps of the per-step mean of zeta zeta^T over the
     batch, plus a step count. Each device adds its shard's mean; the loop's pmean turns that into the
     global-batch mean (shards have equal sizes), so the state is the same on 1 or N devices. Theorem 2
