@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Tuple, Union
+from typing import Any, Tuple, Union
 
 import jax
 import jax.numpy as jnp
@@ -184,7 +184,7 @@ def random_init(key: jax.Array, x: jax.Array, eps: Scalar, norm: str) -> jax.Arr
     return (signs * mags * eps).reshape(x.shape).astype(dtype)
 
 
-def check_bounds(bounds) -> Bounds:
+def check_bounds(bounds: Any) -> Bounds:
     """Returns `bounds` as a pair of Python floats (lo, hi), or raises a ValueError naming `bounds`.
 
     The box is static (it fixes no shape, but attacks compare against it on the host): lo and hi must

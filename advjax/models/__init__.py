@@ -195,7 +195,7 @@ def get_model(name: str, **kwargs) -> nn.Module:
 
 
 def init_variables(model: nn.Module, key: jax.Array, input_shape: Sequence[int],
-                   dtype=jnp.float32) -> Dict[str, Any]:
+                   dtype: Any = jnp.float32) -> Dict[str, Any]:
     """``model.init`` on a zero batch of one example of ``input_shape`` (no batch axis), in eval
     mode; returns the variable dict ({"params": ...}, plus "batch_stats" for batch-norm models)."""
     x = jnp.zeros((1, *input_shape), dtype)
