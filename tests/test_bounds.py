@@ -107,6 +107,8 @@ def test_gradient_family_respects_box(name):
 
 
 def test_apgd_respects_box_and_matches_unit_box():
+    """APGD-T (all of APGD's machinery: random start, projection, step-size schedule) in [0, 255]
+    is the [0, 1] run scaled by 255."""
     lo, hi = 0.0, 255.0
     g = linear_model(jax.random.PRNGKey(11))
     f = lambda x: g(x / hi)
@@ -114,12 +116,11 @@ def test_apgd_respects_box_and_matches_unit_box():
     x = u * hi
     y = jnp.argmax(g(u), -1)
     key = jax.random.PRNGKey(13)
-    x_adv = attacks.apgd_ce(f, x, y, key=key, eps=8.0, steps=10, bounds=(lo, hi))
+    x_adv = attacks.apgd_t(f, x, y, key=key, eps=8.0, steps=10, num_target_classes=1,
+                           bounds=(lo, hi))
     assert_in_box_and_ball(x_adv, x, 8.0, (lo, hi))
-    u_adv = attacks.apgd_ce(g, u, y, key=key, eps=8.0 / 255, steps=10)
+    u_adv = attacks.apgd_t(g, u, y, key=key, eps=8.0 / 255, steps=10, num_target_classes=1)
     np.testing.assert_allclose(x_adv / hi, u_adv, atol=1e-5)
-    x_t = attacks.apgd_t(f, x, y, key=key, eps=8.0, steps=5, num_target_classes=2, bounds=(lo, hi))
-    assert_in_box_and_ball(x_t, x, 8.0, (lo, hi))
 
 
 def test_daa_respects_box():
@@ -141,7 +142,7 @@ def test_adt_exp_respects_box():
     f = linear_model(jax.random.PRNGKey(18))
     x = edge_batch(jax.random.PRNGKey(19), lo, hi)
     y = jnp.argmax(f(x), -1)
-    x_adv = attacks.adt_exp_attack(f, x, y, key=jax.random.PRNGKey(20), eps=0.5, steps=2, samples=2,
+    x_adv = attacks.adt_exp_attack(f, x, y, key=jax.random.PRNGKey(20), eps=0.5, steps=1, samples=1,
                                    bounds=(lo, hi))
     assert_in_box_and_ball(x_adv, x, 0.5, (lo, hi))
     # perturb clips to the box, not to [0, 1]
@@ -161,8 +162,6 @@ def test_tamoo_respects_box_and_maps_eot_transforms():
     assert_in_box_and_ball(x_eot, x, 16.0, (lo, hi))
     x_uni = attacks.tamoo_uni(f, x, y, group_size=2, **common)
     assert_in_box_and_ball(x_uni, x, 16.0, (lo, hi))
-    x_ens = attacks.tamoo_ens([f, lambda xx: -f(xx)], x, y, **common)
-    assert_in_box_and_ball(x_ens, x, 16.0, (lo, hi))
     # The EoT transforms act on (x - lo) / (hi - lo): brightness in [0, 255] is brightness in [0, 1].
     t = tamoo._transforms(("brightness",), (lo, hi))[0]
     np.testing.assert_allclose(t(x), hi * tamoo.brightness(x / hi), rtol=1e-6)

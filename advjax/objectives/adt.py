@@ -47,7 +47,7 @@ from advjax.attacks import adt as adt_attacks
 from advjax.models.generator import ResidualGenerator
 from advjax.objectives import _common as c
 from advjax.objectives.trades import trades_loss
-from advjax.threat import Scalar
+from advjax.threat import DEFAULT_BOUNDS, Bounds, Scalar
 
 
 def _check_input_shape(input_shape) -> Tuple[int, int, int]:
@@ -264,20 +264,22 @@ def adt_imp_am(apply_fn: c.ApplyFn, *, eps: float, input_shape: Sequence[int], l
 def exp_am_attack(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array, y: jax.Array, *,
                   key: jax.Array, eps: Scalar, train_steps: int = 200, lr: float = 1e-3,
                   lam: float = 0.01, generator_width: int = 32, generator_blocks: int = 2,
-                  generator_input: str = "image_and_gradients") -> jax.Array:
+                  generator_input: str = "image_and_gradients",
+                  bounds: Bounds = DEFAULT_BOUNDS) -> jax.Array:
     """The EXP-AM attack with a fresh `ResidualGenerator` (see `attacks.adt.adt_exp_am_attack`)."""
     generator = ResidualGenerator(out_channels=2 * x.shape[-1], width=generator_width,
                                   num_blocks=generator_blocks)
     return adt_attacks.adt_exp_am_attack(logits_fn, x, y, key=key, eps=eps, generator=generator,
                                          train_steps=train_steps, lr=lr, lam=lam,
-                                         generator_input=generator_input)
+                                         generator_input=generator_input, bounds=bounds)
 
 
 def imp_am_attack(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array, y: jax.Array, *,
                   key: jax.Array, eps: Scalar, train_steps: int = 200, lr: float = 1e-3,
                   lam: float = 0.01, z_channels: int = 1, generator_width: int = 32,
                   generator_blocks: int = 2, encoder_width: int = 16, encoder_blocks: int = 1,
-                  generator_input: str = "image_and_gradients") -> jax.Array:
+                  generator_input: str = "image_and_gradients",
+                  bounds: Bounds = DEFAULT_BOUNDS) -> jax.Array:
     """The IMP-AM attack with fresh `ResidualGenerator`s (see `attacks.adt.adt_imp_am_attack`)."""
     generator = ResidualGenerator(out_channels=x.shape[-1], width=generator_width,
                                   num_blocks=generator_blocks)
@@ -286,7 +288,7 @@ def imp_am_attack(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array, y: 
     return adt_attacks.adt_imp_am_attack(logits_fn, x, y, key=key, eps=eps, generator=generator,
                                          encoder=encoder, z_channels=z_channels,
                                          train_steps=train_steps, lr=lr, lam=lam,
-                                         generator_input=generator_input)
+                                         generator_input=generator_input, bounds=bounds)
 
 
 attacks.register_attack("adt_exp_am", exp_am_attack)
