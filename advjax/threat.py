@@ -20,8 +20,8 @@ Contents:
   * `clip_to_box(x, lo, hi)`: the box; `check_bounds(bounds)` validates a (lo, hi) pair.
 
 Projecting onto the ball and then clipping x + delta to the box keeps the result in both sets: x is in
-the box (the attacks check it), so clipping only moves each coordinate of delta towards 0 and never increases an l_p norm.
-(It is not the exact projection onto the intersection; no attack library computes that, and the
+the box (the attacks check it), so clipping only moves each coordinate of delta towards 0 and never
+increases an l_p norm. (It is not the exact projection onto the intersection; no attack library computes that, and the
 attacks only need a feasible point.)
 """
 
@@ -37,7 +37,7 @@ import numpy as np
 
 NORMS = ("linf", "l2", "l1")
 
-# eps, step sizes and other traceable hyperparameters: a Python number or a 0-d (possibly traced) array.
+# eps, step sizes and other traceable hyperparameters: a Python number or a 0-d (maybe traced) array.
 Scalar = Union[float, int, jax.Array]
 # The valid-input box (lo, hi): static Python numbers.
 Bounds = Tuple[float, float]
@@ -197,7 +197,8 @@ def check_bounds(bounds: Any) -> Bounds:
         if isinstance(v, jax.core.Tracer):
             raise ValueError("bounds must be concrete numbers (static), got a traced value; pass "
                              "Python floats")
-        if isinstance(v, bool) or not isinstance(v, (numbers.Real, np.ndarray, np.generic, jax.Array)):
+        if isinstance(v, bool) or not isinstance(v, (numbers.Real, np.ndarray, np.generic,
+                                                     jax.Array)):
             raise ValueError(f"bounds must be a pair (lo, hi) of numbers, got {bounds!r}")
         if np.ndim(v) != 0:
             raise ValueError(f"bounds must hold two scalars, got {bounds!r}")

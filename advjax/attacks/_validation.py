@@ -1,10 +1,11 @@
 """Input checks at the public boundary of every attack.
 
 Shape, dtype and static-hyperparameter checks run at trace time, so they also fire under `jax.jit`.
-Value checks (finite x inside the box `bounds`, labels in range, eps >= 0) need concrete values: they run when an
-attack is called on concrete arrays (eagerly), and are skipped when its inputs are tracers (inside
-`jit`/`vmap`), because a traced value cannot be inspected without a host sync. Call the attack once
-eagerly, or use `advjax.evaluate`, which validates each batch before the jitted call.
+Value checks (finite x inside the box `bounds`, labels in range, eps >= 0) need concrete values: they
+run when an attack is called on concrete arrays (eagerly), and are skipped when its inputs are
+tracers (inside `jit`/`vmap`), because a traced value cannot be inspected without a host sync. Call
+the attack once eagerly, or use `advjax.evaluate`, which validates each batch before the jitted
+call.
 """
 
 from __future__ import annotations

@@ -31,11 +31,12 @@ Choices where the paper is silent (documented here once, used everywhere):
     adam_b1 = 0.9, adam_b2 = 0.999 for textbook Adam.
   * The k Monte-Carlo samples of one step run as one batch of k * B inputs through `logits_fn`.
 
-The box. x + delta is clipped to the valid-input box `bounds` (default [0, 1]), as in the paper's code. The clipped perturbation has
-no density (coordinates pushed against the box collect as atoms on its faces), so the entropy term
-is the entropy of the unclipped delta (Eq. 11), exactly as the released code computes it; the loss
-gradient of a clipped coordinate is zero and only the entropy acts on it. Clipping never leaves the
-ball: x is in the box, so clipping only moves x + delta towards x.
+The box. x + delta is clipped to the valid-input box `bounds` (default [0, 1]), as in the paper's
+code. The clipped perturbation has no density (coordinates pushed against the box collect as atoms
+on its faces), so the entropy term is the entropy of the unclipped delta (Eq. 11), exactly as the
+released code computes it; the loss gradient of a clipped coordinate is zero and only the entropy
+acts on it. Clipping never leaves the ball: x is in the box, so clipping only moves x + delta
+towards x.
 """
 
 from __future__ import annotations

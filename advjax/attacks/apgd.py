@@ -5,8 +5,8 @@ Per example, with eta^(0) = 2 eps and momentum alpha = 0.75:
     z^(k+1) = P_S( x^(k) + eta^(k) v*(grad f(x^(k))) )
     x^(k+1) = P_S( x^(k) + alpha (z^(k+1) - x^(k)) + (1 - alpha) (x^(k) - x^(k-1)) )   (alpha = 1 at k = 0)
 
-where S is the eps-ball intersected with the box `bounds` (default [0, 1]) and v* the steepest-ascent direction (sign for linf,
-g/||g||_2 for l2). The best point x_max (highest f) is tracked. At the checkpoints
+where S is the eps-ball intersected with the box `bounds` (default [0, 1]) and v* the steepest-ascent
+direction (sign for linf, g/||g||_2 for l2). The best point x_max (highest f) is tracked. At the checkpoints
 w_j = ceil(p_j N), p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06), the step
 size halves and the iterate restarts from x_max if
   Condition 1: the loss increased in at most rho = 0.75 of the steps since the last checkpoint, or

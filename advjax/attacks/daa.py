@@ -360,9 +360,9 @@ def daa_blob(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: Optional[j
     x_i <- Pi_clip{ x_i + step_size * sign( grad L(x_i)
                     + (c/M) sum_j [ K(x_i, x_j) grad L(x_j) -/+ grad_{x_j} K(x_i, x_j) ] ) },
     K(x, x') = exp(-||x - x'||^2 / h), h = med^2 / log M recomputed every step (or `bandwidth`).
-    Pi_clip: clip to the eps-ball around x, then to the box `bounds` (default [0, 1]; as `pgd`). `repulsive` picks the sign of
-    the kernel-gradient term (default: the released code's minus; True: Eq. 20 as printed; see the
-    module docstring). c = 0 or M = 1 gives `pgd` exactly (same key, same random start).
+    Pi_clip: clip to the eps-ball around x, then to the box `bounds` (default [0, 1]; as `pgd`).
+    `repulsive` picks the sign of the kernel-gradient term (default: the released code's minus;
+    True: Eq. 20 as printed; see the module docstring). c = 0 or M = 1 gives `pgd` exactly (same key, same random start).
 
     Args:
       c: the KL weight of Eq. (11) (Table 2: 1-2 with CE, 10-20 with CW on [0, 1] inputs).

@@ -11,8 +11,8 @@ for the whole batch, so with `random_start=True` a vmapped call (one key per exa
 distribution only.
 
 Steps run in `lax.fori_loop`, so memory does not depend on `steps`; `steps`, `restarts`, `norm`,
-`loss`, `targeted`, `random_start`, `l1_k` and `bounds` are static (they change the program); `eps` and
-`step_size` may be traced scalars, so an eps sweep does not recompile.
+`loss`, `targeted`, `random_start`, `l1_k` and `bounds` are static (they change the program); `eps`
+and `step_size` may be traced scalars, so an eps sweep does not recompile.
 
 Default step sizes and step counts (where the literature has a standard):
   pgd, cw_pgd, multitargeted_pgd: step_size = 2.5 eps / steps, the Madry lab's rule (Madry et al.
@@ -138,7 +138,8 @@ def madry_step_size(eps: Scalar, steps: int) -> Scalar:
 
 def kurakin_steps(eps: float, bounds: Bounds = DEFAULT_BOUNDS) -> int:
     """BIM's step count min(eps + 4, 1.25 eps), eps in intensity levels of 1/255 of the box
-    (Kurakin, Goodfellow, Bengio 2017, the basic iterative method); at least 1. Needs a concrete eps."""
+    (Kurakin, Goodfellow, Bengio 2017, the basic iterative method); at least 1. Needs a concrete
+    eps."""
     if not v.is_concrete(eps):
         raise ValueError("steps is required when eps is traced (BIM's default step count "
                          "min(eps + 4, 1.25 eps) needs a concrete eps)")
@@ -173,7 +174,7 @@ def fgm(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: Optional[jax.Ar
 def fgsm(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: Optional[jax.Array] = None,
          eps: Scalar, loss: Loss = "ce", kappa: float = float("inf"), targeted: bool = False,
          bounds: Bounds = DEFAULT_BOUNDS) -> jax.Array:
-    """FGSM (Goodfellow et al., ICLR 2015, Eq. 3; thesis Eq. 2.18): clip(x + eps sign(grad_x L), lo, hi)."""
+    """FGSM (Goodfellow et al., ICLR 2015, Eq. 3; thesis Eq. 2.18): clip(x + eps sign(grad L), lo, hi)."""
     return fgm(logits_fn, x, y, key=key, eps=eps, norm="linf", loss=loss, kappa=kappa,
                targeted=targeted, bounds=bounds)
 
@@ -256,8 +257,8 @@ def pgd(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: Optional[jax.Ar
     with v* the normalized steepest-ascent direction (`threat.steepest_ascent`) and x_0 uniform in the
     ball (`random_start=True`), x itself, or `x_init` (e.g. TRADES' x + 0.001 N(0, I)).
     `restarts` independent runs keep each example's strongest result. Returns the last iterate.
-    step_size defaults to 2.5 eps / steps (`madry_step_size`); `bounds` = (lo, hi) is the valid-input
-    box (default (0, 1)).
+    step_size defaults to 2.5 eps / steps (`madry_step_size`); `bounds` = (lo, hi) is the
+    valid-input box (default (0, 1)).
     """
     return _iterative_attack(logits_fn, x, y, key=key, eps=eps, step_size=step_size, steps=steps,
                              norm=norm, loss=loss, kappa=kappa, random_start=random_start,

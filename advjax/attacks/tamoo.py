@@ -31,8 +31,8 @@ Metrics: `a_all` (fraction of problems with every task achieved) and `a_avg` (me
 `ens_success`, `eot_success`, `uni_success` give the (problems, m) success matrices.
 
 Box: every attack takes `bounds` = (lo, hi) (default (0, 1)); x + delta is clipped to it. The EoT
-transformations are defined on images in [0, 1] (they clip to it, e.g. brightness); with other bounds
-they act on (x - lo) / (hi - lo) and map back.
+transformations are defined on images in [0, 1] (they clip to it, e.g. brightness); with other
+bounds they act on (x - lo) / (hi - lo) and map back.
 
 Defaults (App. C): eta_w = 0.005, K = 10, lambda = 100; losses "ce", "kl" or "cw" (C&W margin
 relu(max_{j != y} z_j - z_y + 50), App. C) or any (logits, y) -> per-example loss.
@@ -404,7 +404,7 @@ EOT_TRANSFORMS = {
 
 
 def _in_unit_box(t, bounds):
-    """t (defined on images in [0, 1]) applied to images in the box `bounds`: rescale, t, map back."""
+    """t (defined on images in [0, 1]) applied to images in the box `bounds`: rescale, t, back."""
     lo, hi = bounds
     if (lo, hi) == DEFAULT_BOUNDS:
         return t
@@ -519,7 +519,8 @@ def tamoo_eot(logits_fn: Callable, x: jax.Array, y: jax.Array, *, key: Optional[
     gamma U(0.7, 1.3)), with parameters drawn afresh for every example, task and step (one sample
     of the expectation per step); needs `key`, and the same key gives the same attack."""
     bounds = threat.check_bounds(bounds)
-    steps = _check(weighting, eps, step_size, steps, norm, key, random_start or stochastic, x, bounds)
+    steps = _check(weighting, eps, step_size, steps, norm, key, random_start or stochastic, x,
+                   bounds)
     if stochastic:
         key, task_key = jax.random.split(key)
         _transforms(transforms)
