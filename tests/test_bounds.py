@@ -160,8 +160,6 @@ def test_tamoo_respects_box_and_maps_eot_transforms():
     common = dict(eps=16.0, step_size=4.0, steps=2, key=jax.random.PRNGKey(23), bounds=(lo, hi))
     x_eot = attacks.tamoo_eot(f, x, y, transforms=("identity", "brightness"), **common)
     assert_in_box_and_ball(x_eot, x, 16.0, (lo, hi))
-    x_uni = attacks.tamoo_uni(f, x, y, group_size=2, **common)
-    assert_in_box_and_ball(x_uni, x, 16.0, (lo, hi))
     # The EoT transforms act on (x - lo) / (hi - lo): brightness in [0, 255] is brightness in [0, 1].
     t = tamoo._transforms(("brightness",), (lo, hi))[0]
     np.testing.assert_allclose(t(x), hi * tamoo.brightness(x / hi), rtol=1e-6)
@@ -187,8 +185,7 @@ def test_normalized_standardizes_per_channel():
     x = jax.random.uniform(jax.random.PRNGKey(26), (2, 3, 3, 3))
     g = attacks.normalized(f, mean, std)
     np.testing.assert_allclose(g(x), f((x - jnp.asarray(mean)) / jnp.asarray(std)), rtol=1e-6)
-    x_adv = attacks.fgsm(g, x, jnp.zeros((2,), jnp.int32), eps=0.1)
-    assert_in_box_and_ball(x_adv, x, 0.1, (0.0, 1.0), must_touch=False)
+    np.testing.assert_allclose(attacks.normalized(f, 0.5, 2.0)(x), f((x - 0.5) / 2.0), rtol=1e-6)
     with pytest.raises(ValueError, match="std must be > 0"):
         attacks.normalized(f, 0.5, [0.2, 0.0, 0.1])
     with pytest.raises(ValueError, match="3 channels but x has 2"):
