@@ -67,6 +67,7 @@ def get_attack(name: str) -> Callable:
         raise ValueError(f"unknown attack {name!r}; valid: {sorted(ATTACKS)}") from None
 
 
-# The functions themselves (a registry name may differ from its function's: "adt_exp").
+# The attack functions imported here (a registry name may differ from its function's: "adt_exp").
 __all__ = ["ATTACKS", "tamoo_ens", "get_attack", "register_attack", "normalized", "targeted",
-           "targets"] + sorted({fn.__name__ for fn in ATTACKS.values()})
+           "targets"] + sorted({getattr(fn, "__name__", "") for fn in ATTACKS.values()}
+                               & set(globals()))
