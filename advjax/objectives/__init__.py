@@ -13,8 +13,8 @@ from typing import Any, Callable, Dict, Mapping
 from advjax.objectives import adt, at, mart, standard, trades
 from advjax.objectives import awp, udr, wrm
 from advjax.objectives import adr, ascl, cce
-from advjax.objectives._common import (Objective, accuracy, attack_logits_fn, mean_ce, result,
-                                       train_forward)
+from advjax.objectives._common import (Objective, accuracy, as_objective_apply, attack_logits_fn,
+                                       mean_ce, result, train_forward)
 
 OBJECTIVES: Dict[str, Callable[..., Objective]] = {
     "standard": standard.make,
@@ -46,7 +46,7 @@ OBJECTIVES: Dict[str, Callable[..., Objective]] = {
 }
 
 
-def register_objective(name: str, factory: Callable[..., Objective]):
+def register_objective(name: str, factory: Callable[..., Objective]) -> Callable[..., Objective]:
     """Adds a method family's factory (method modules call this at import)."""
     if name in OBJECTIVES and OBJECTIVES[name] is not factory:
         raise ValueError(f"objective {name!r} is already registered")
@@ -54,7 +54,7 @@ def register_objective(name: str, factory: Callable[..., Objective]):
     return factory
 
 
-def objective_hyperparameters(name: str):
+def objective_hyperparameters(name: str) -> Dict[str, Any]:
     """The keyword hyperparameters (with defaults, or None if required) of objective `name`."""
     factory = _factory(name)
     return {k: (None if p.default is p.empty else p.default)
@@ -68,8 +68,12 @@ def _factory(name):
         raise ValueError(f"unknown objective {name!r}; valid: {sorted(OBJECTIVES)}") from None
 
 
-def make_objective(name: str, apply_fn, hyperparameters: Mapping[str, Any]) -> Objective:
-    """Builds objective `name` for `apply_fn`; unknown or missing hyperparameters raise ValueError."""
+def make_objective(name: str, apply_fn: Callable[..., Any],
+                   hyperparameters: Mapping[str, Any]) -> Objective:
+    """Builds objective `name` for `apply_fn`; unknown or missing hyperparameters raise ValueError.
+
+    `apply_fn`: a Flax `model.apply` or any JAX apply function `apply(variables, x)` (see
+    `as_objective_apply`, which the objectives apply to it)."""
     factory = _factory(name)
     valid = objective_hyperparameters(name)
     unknown = set(hyperparameters) - set(valid)
@@ -83,6 +87,6 @@ def make_objective(name: str, apply_fn, hyperparameters: Mapping[str, Any]) -> O
     return factory(apply_fn, **dict(hyperparameters))
 
 
-__all__ = ["OBJECTIVES", "Objective", "make_objective", "register_objective",
+__all__ = ["OBJECTIVES", "Objective", "make_objective", "register_objective", "as_objective_apply",
            "objective_hyperparameters", "attack_logits_fn", "train_forward", "accuracy", "mean_ce",
            "result"]

@@ -31,6 +31,8 @@ that with all weights 0 the ADR-ADV loss is exactly 2 x the PGD-AT loss with mix
 
 from __future__ import annotations
 
+from typing import Dict
+
 import jax
 import jax.numpy as jnp
 
@@ -38,6 +40,7 @@ from advjax import attacks, losses, threat
 from advjax.attacks import _validation as v
 from advjax.objectives import _common as c
 from advjax.objectives import trades
+from advjax.threat import Scalar
 
 DISTANCES = ("mean_abs", "l1", "l2")
 GLOBAL_PAIRS = ("nat_adv", "nat_nat")
@@ -61,13 +64,15 @@ def global_weights(y: jax.Array, alpha: float = 0.99) -> jax.Array:
     return (alpha - differ) / alpha
 
 
-def local_compactness(feat_nat, feat_adv, distance="mean_abs", detach_natural=True):
+def local_compactness(feat_nat: jax.Array, feat_adv: jax.Array, distance: str = "mean_abs",
+                      detach_natural: bool = True) -> jax.Array:
     """L_lc (Ch. 3, Eq. 1): mean_i ||f(x_i) - f(x_i^a)||."""
     nat = jax.lax.stop_gradient(feat_nat) if detach_natural else feat_nat
     return jnp.mean(latent_distance(nat, feat_adv, distance))
 
 
-def global_compactness(feat_a, feat_b, y, *, alpha=0.99, distance="mean_abs"):
+def global_compactness(feat_a: jax.Array, feat_b: jax.Array, y: jax.Array, *, alpha: Scalar = 0.99,
+                       distance: str = "mean_abs") -> jax.Array:
     """L_gb (Ch. 3, Eqs. 2-3): mean_{i,j} w_ij ||a_i - b_j||, all B^2 pairs as one (B, B) matrix."""
     pair = latent_distance(feat_a[:, None, :], feat_b[None, :, :], distance)
     return jnp.mean(global_weights(y, alpha) * pair)
@@ -79,8 +84,10 @@ def prediction_entropy(logits: jax.Array) -> jax.Array:
     return -jnp.sum(jnp.exp(logp) * logp, axis=-1)
 
 
-def adr_regularizers(feat_nat, feat_adv, logits_nat, logits_adv, y, *, alpha=0.99,
-                     distance="mean_abs", detach_natural=True, global_pairs="nat_adv"):
+def adr_regularizers(feat_nat: jax.Array, feat_adv: jax.Array, logits_nat: jax.Array,
+                     logits_adv: jax.Array, y: jax.Array, *, alpha: Scalar = 0.99,
+                     distance: str = "mean_abs", detach_natural: bool = True,
+                     global_pairs: str = "nat_adv") -> Dict[str, jax.Array]:
     """The four ADR terms of Ch. 3, Eq. 7, as a dict {lc, gb, conf, smt} of scalars."""
     if global_pairs not in GLOBAL_PAIRS:
         raise ValueError(f"global_pairs must be one of {GLOBAL_PAIRS}, got {global_pairs!r}")
@@ -139,7 +146,7 @@ def _make(apply_fn, craft, supervised_loss, *, weights, alpha, distance, detach_
     return c.Objective(objective)
 
 
-def adr_adv(apply_fn, *, eps: float, step_size: float, steps: int, norm: str = "linf",
+def adr_adv(apply_fn: c.ApplyFn, *, eps: float, step_size: float, steps: int, norm: str = "linf",
             random_start: bool = True, lambda_lc: float = 1.0, lambda_gb: float = 1.0,
             lambda_conf: float = 0.0, lambda_smt: float = 1.0, alpha: float = 0.99,
             distance: str = "mean_abs", detach_natural: bool = True,
@@ -163,7 +170,7 @@ def adr_adv(apply_fn, *, eps: float, step_size: float, steps: int, norm: str = "
                  detach_natural=detach_natural, global_pairs=global_pairs, attack_bn=attack_bn)
 
 
-def adr_trades(apply_fn, *, eps: float, step_size: float, steps: int, beta: float = 6.0,
+def adr_trades(apply_fn: c.ApplyFn, *, eps: float, step_size: float, steps: int, beta: float = 6.0,
                norm: str = "linf", lambda_lc: float = 1.0, lambda_gb: float = 1.0,
                lambda_conf: float = 0.0, lambda_smt: float = 1.0, alpha: float = 0.99,
                distance: str = "mean_abs", detach_natural: bool = True,

@@ -32,6 +32,8 @@ Defaults: l_SCL = 1, l_VAT = 2, tau = 0.07 (Sec. 4.1).
 
 from __future__ import annotations
 
+from typing import Tuple
+
 import jax
 import jax.numpy as jnp
 
@@ -48,7 +50,8 @@ def cosine_similarity_matrix(z: jax.Array) -> jax.Array:
     return zn @ zn.T
 
 
-def selection_masks(y2: jax.Array, p2: jax.Array, selection: str = "global"):
+def selection_masks(y2: jax.Array, p2: jax.Array,
+                    selection: str = "global") -> Tuple[jax.Array, jax.Array]:
     """(positives, negatives, counterpart), boolean (2N, 2N) masks of Table 1 (Ch. 3) over the stacked
     natural + adversarial rows. `y2` = [y, y], `p2` = [argmax h(x), argmax h(x^a)], both (2N,)."""
     if selection not in SELECTIONS:
@@ -72,7 +75,8 @@ def selection_masks(y2: jax.Array, p2: jax.Array, selection: str = "global"):
     return positives, negatives, counterpart
 
 
-def supervised_contrastive(sim: jax.Array, positives, negatives, counterpart, tau: float = 0.07):
+def supervised_contrastive(sim: jax.Array, positives: jax.Array, negatives: jax.Array,
+                           counterpart: jax.Array, tau: float = 0.07) -> jax.Array:
     """Per-anchor L_r of Ch. 3, Eqs. 1-2 (2N,), from the similarity matrix and the selection masks.
 
     Rows not selected are dropped from numerator and denominator (masked log-sum-exp)."""
@@ -85,7 +89,8 @@ def supervised_contrastive(sim: jax.Array, positives, negatives, counterpart, ta
     return -jnp.sum(jnp.where(pulled, log_prob, 0.0), axis=1) / count
 
 
-def scl_loss(z_nat, z_adv, y, pred_nat, pred_adv, *, selection="global", tau=0.07):
+def scl_loss(z_nat: jax.Array, z_adv: jax.Array, y: jax.Array, pred_nat: jax.Array,
+             pred_adv: jax.Array, *, selection: str = "global", tau: float = 0.07) -> jax.Array:
     """L_SCL = mean_i (L_i + L_i^a) (Ch. 3, Eq. 3); also the mean counts |P|, |N| per anchor."""
     z = jnp.concatenate([z_nat, z_adv], axis=0)
     y2 = jnp.concatenate([y, y])
@@ -97,7 +102,7 @@ def scl_loss(z_nat, z_adv, y, pred_nat, pred_adv, *, selection="global", tau=0.0
     return jnp.sum(per_anchor) / z_nat.shape[0], stats
 
 
-def relative_divergence(z_nat, z_adv, y):
+def relative_divergence(z_nat: jax.Array, z_adv: jax.Array, y: jax.Array) -> jax.Array:
     """R-DIV d_a^+ / d_a^- (Ch. 3, Sec. 2) with Global positives / negatives of the natural anchors."""
     n = z_nat.shape[0]
     z = jnp.concatenate([z_nat, z_adv], axis=0)
@@ -115,7 +120,7 @@ def relative_divergence(z_nat, z_adv, y):
     return mean_over_set(pos) / mean_over_set(neg)
 
 
-def ascl(apply_fn, *, eps: float, step_size: float, steps: int, norm: str = "linf",
+def ascl(apply_fn: c.ApplyFn, *, eps: float, step_size: float, steps: int, norm: str = "linf",
          random_start: bool = True, selection: str = "global", tau: float = 0.07,
          lambda_scl: float = 1.0, lambda_vat: float = 2.0, attack_bn: str = "eval") -> c.Objective:
     """ASCL (Ch. 3, Sec. 3.4, Eq. 6): L_AT + l_SCL L_SCL + l_VAT L_VAT, x^a by PGD on CE.

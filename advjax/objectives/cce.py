@@ -21,6 +21,7 @@ passes (x, then all x_a^i stacked), so a member's statistics in the second pass 
 from __future__ import annotations
 
 import functools
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -28,11 +29,12 @@ import jax.numpy as jnp
 from advjax import attacks, losses, threat
 from advjax.attacks import _validation as v
 from advjax.objectives import _common as c
+from advjax.threat import Scalar
 
 VARIANTS = {"rm": (1.0, 1.0), "dm": (0.0, 5.0), "base": (0.0, 0.0)}
 
 
-def num_members(params) -> int:
+def num_members(params: Any) -> int:
     """N, the leading (member) axis of the ensemble's stacked parameters."""
     return jax.tree_util.tree_leaves(params)[0].shape[0]
 
@@ -42,7 +44,8 @@ def _entropy(logits):
     return -jnp.sum(jnp.exp(logp) * logp, axis=-1)
 
 
-def cce_member_losses(logits_nat, logits_cross, y, *, lambda_pm=1.0, lambda_dm=1.0):
+def cce_member_losses(logits_nat: jax.Array, logits_cross: jax.Array, y: jax.Array, *,
+                      lambda_pm: Scalar = 1.0, lambda_dm: Scalar = 1.0) -> jax.Array:
     """Per-member losses L^n (Ch. 4, Sec. 4.3, Eq. 5), shape (N,).
 
     logits_nat: (N, B, C), member n on x. logits_cross: (N, N, B, C), [n, i] = member n on x_a^i."""
@@ -61,7 +64,9 @@ def cce_member_losses(logits_nat, logits_cross, y, *, lambda_pm=1.0, lambda_dm=1
     return loss
 
 
-def member_attack_fn(apply_fn, params, model_state, n_members, *, mode="eval", key=None):
+def member_attack_fn(apply_fn: c.ApplyFn, params: Any, model_state: Dict[str, Any], n_members: int,
+                     *, mode: str = "eval",
+                     key: Optional[jax.Array] = None) -> Callable[[jax.Array], jax.Array]:
     """x_flat (N B, ...) -> logits (N B, C) where member n sees rows n B .. (n + 1) B - 1 only."""
     stacked = c.attack_logits_fn(functools.partial(apply_fn, per_member_inputs=True), params,
                                  model_state, mode=mode, key=key)
@@ -74,7 +79,7 @@ def member_attack_fn(apply_fn, params, model_state, n_members, *, mode="eval", k
     return logits
 
 
-def cce(apply_fn, *, eps: float, step_size: float, steps: int, norm: str = "linf",
+def cce(apply_fn: c.ApplyFn, *, eps: float, step_size: float, steps: int, norm: str = "linf",
         random_start: bool = True, variant: str = "", lambda_pm: float = 1.0,
         lambda_dm: float = 1.0, attack_bn: str = "eval") -> c.Objective:
     """CCE (Ch. 4, Sec. 4.3, Eq. 5) for an `Ensemble` apply_fn. `variant` ("rm" | "dm" | "base")
@@ -121,7 +126,7 @@ def cce(apply_fn, *, eps: float, step_size: float, steps: int, norm: str = "linf
 # Ensemble adversarial training on multi-objective ensemble attacks (Ch. 4, Sec. 4, Table 4)
 # ----------------------------------------------------------------------------------------------
 
-def ensemble_moo_at(apply_fn, *, eps: float, step_size: float, steps: int, norm: str = "linf",
+def ensemble_moo_at(apply_fn: c.ApplyFn, *, eps: float, step_size: float, steps: int, norm: str = "linf",
                     weighting: str = "tamoo", lam: float = 100.0, lr_w: float = 0.005,
                     inner_steps: int = 10, gamma: float = 3.0, minmax_lr: float = 0.01,
                     mix: float = 1.0, attack_bn: str = "eval") -> c.Objective:
@@ -172,7 +177,9 @@ def ensemble_moo_at(apply_fn, *, eps: float, step_size: float, steps: int, norm:
 # Transferability (Ch. 4, Sec. 4.3, Table 6)
 # ----------------------------------------------------------------------------------------------
 
-def transfer_accuracy_matrix(member_fns, attack, x, y, *, key):
+def transfer_accuracy_matrix(member_fns: Sequence[Callable[[jax.Array], jax.Array]],
+                             attack: Callable[..., jax.Array], x: jax.Array, y: jax.Array, *,
+                             key: jax.Array) -> jax.Array:
     """a[i, j] = accuracy of member j on adversarial examples made by `attack` against member i
     (`attack(logits_fn, x, y, key=...) -> x_adv`)."""
     keys = jax.random.split(key, len(member_fns))
@@ -183,13 +190,14 @@ def transfer_accuracy_matrix(member_fns, attack, x, y, *, key):
     return jnp.stack(rows)
 
 
-def transferability(a) -> jax.Array:
+def transferability(a: jax.Array) -> jax.Array:
     """T = a(1,2) - a(1,1) + a(2,1) - a(2,2) (Table 6) for members 1, 2 (indices 0, 1) of matrix a:
     how much more accurate the other member is than the attacked one; small T = high transfer."""
     return a[0, 1] - a[0, 0] + a[1, 0] - a[1, 1]
 
 
-def ensemble_member_fns(apply_fn, variables, n_members):
+def ensemble_member_fns(apply_fn: c.ApplyFn, variables: Any,
+                        n_members: int) -> List[Callable[[jax.Array], jax.Array]]:
     """[x -> logits of member n] for an Ensemble (inference mode), for transfer_accuracy_matrix."""
     def member(n):
         return lambda x: apply_fn(variables, x, train=False, return_members=True)[n]
