@@ -248,6 +248,7 @@ def ascl_fmnist_base(selection: str = "global") -> ml_collections.ConfigDict:
     c.objective.selection = selection
     c.objective.lambda_scl = 1.0
     c.objective.lambda_vat = 2.0
+    c.objective.variant = "thesis"  # "release": the released code's scales (objectives.ascl)
     return c
 
 

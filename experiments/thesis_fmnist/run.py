@@ -552,7 +552,8 @@ def part_tamoo(args, argv):
         for variant, col, setting, k, w in tamoo_cells(args):
             name = f"{variant}|{col}|{w}"
             fn, kw = tamoo_attack_fn(victims, variant, col, setting, k, w)
-            digest = study._digest([kw, args.n, args.eot_draws, EPS])
+            digest = study._digest([kw, args.n, args.eot_draws, EPS, args.tamoo_epochs,
+                                    args.train_limit])  # victims trained otherwise: recompute
             if cells.get(name, {}).get("digest") == digest:
                 continue
             t1 = time.time()
@@ -622,7 +623,8 @@ def report_tamoo(results, per_problem, args):
                 d = a.mean(axis=1) - b.mean(axis=1)
                 diff = 100 * d.mean()
                 se = 100 * d.std(ddof=1) / math.sqrt(len(d))
-                test = f"paired difference 95% interval {diff - 1.96 * se:+.2f} .. {diff + 1.96 * se:+.2f}"
+                test = (f"paired difference 95% interval {diff - 1.96 * se:+.2f} .. "
+                        f"{diff + 1.96 * se:+.2f}")
                 sig = abs(diff) > 1.96 * se
             verdict = ("reproduced" if diff > 0 else "contradicted") if sig else \
                 "inconclusive at this budget"
