@@ -592,6 +592,10 @@ def report_tamoo(results, per_problem, args):
              "App. C; release: the authors' scripts). A-All / A-Avg in % with 95% intervals "
              "(Wilson for A-All; normal over problems for A-Avg). UNI: A-Avg is the thesis' "
              "metric (Table 5).", ""]
+    bad = [k for k, v in results.get("victim_clean", {}).items() if v < COLLAPSE_CLEAN]
+    if bad:
+        lines += [f"**Collapsed victims (clean accuracy below {100 * COLLAPSE_CLEAN:.0f}%): "
+                  f"{', '.join(bad)}. Fix and retrain them before reading any cell.**", ""]
     for variant in args.tamoo_variants:
         lines += [f"## Settings: {variant}", "",
                   "| weighting | " + " | ".join(cols) + " |", "|---" + "|---:" * len(cols) + "|"]
