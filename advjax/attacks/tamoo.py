@@ -36,6 +36,26 @@ bounds they act on (x - lo) / (hi - lo) and map back.
 
 Defaults (App. C): eta_w = 0.005, K = 10, lambda = 100; losses "ce", "kl" or "cw" (C&W margin
 relu(max_{j != y} z_j - z_y + 50), App. C) or any (logits, y) -> per-example loss.
+
+Text vs released scripts (`settings(setting, weighting, eps, variant)` returns the keyword
+arguments; the authors' `TAMOO` repository, `run_ensemble.sh`, `run_uniper.sh`, `run_eot.sh`, `moo_gd_v4.py`,
+`minmax_pt.py`, read for this):
+  * "thesis" (App. C): every setting and weighting 100 steps of eps/4 (2/255 at 8/255), TA-MOO
+    lambda = 100, eta_w = 0.005, K = 10, no entropy bonus; MOO the same solver without Omega;
+    MinMax gamma = 3 with weight learning rate 0.01 (the thesis names no rate); losses ENS CE,
+    UNI and EoT C&W (Table 5 and Sec. 4.4 use CW).
+  * "release": TA-MOO always subtracts 20 x the entropy of the unachieved weights (App. E.1's bonus,
+    `entropy_weight=20`); eta_w = 0.025 for ENS (the scripts pass no rate: the default), 0.005 for
+    UNI and EoT; lambda = 100 for ENS and EoT but 10 for UNI; MOO takes ONE gradient step on alpha
+    per attack step with a uniform regularizer 20 ||w - 1/m||^2 (`inner_steps=1`,
+    `uniform_weight=20`) at the default rate 0.025 (0.005 for EoT); MinMax's weight rate is 0.025;
+    UNI runs Uniform and MinMax for 50 steps, MOO and TA-MOO for 100; step sizes 0.007 (ENS, UNI)
+    and 0.01 (EoT) at eps = 0.031, i.e. eps x 0.226 and eps x 0.323; losses ENS CE, UNI CE (the
+    scripts' --loss_type=ce), EoT CW. The release's ENS "Uniform" is PGD on the ensemble output
+    (its `PGD_Linf_ENS` attacks the mean-probability ensemble), not on the sum of member losses
+    (`RELEASE_ENS_UNIFORM_ATTACKS_ENSEMBLE_OUTPUT`; the caller runs `attacks.pgd` for it).
+    Not reproduced: the release updates delta with the previous step's weights before solving for
+    the new ones (we solve, then step) and starts from U(0, eps) (we use U(-eps, eps)).
 Stochastic EoT (Table 9, right column): `tamoo_eot(..., stochastic=True)` draws fresh transformation
 parameters for every example, task and attack step (`STOCHASTIC_EOT_TRANSFORMS`); `eot_success(...,
 stochastic_key=k)` scores one draw. Not implemented: App. D.4's gradient memory (our gamma correction
@@ -82,30 +102,33 @@ def omega(w: jax.Array, achieved: jax.Array) -> jax.Array:
 
 
 def weight_objective(alpha: jax.Array, q: jax.Array, achieved: jax.Array, lam: Scalar,
-                     entropy_weight: Scalar = 0.0) -> jax.Array:
+                     entropy_weight: Scalar = 0.0, uniform_weight: Scalar = 0.0) -> jax.Array:
     """softmax(alpha)^T Q softmax(alpha) + lambda Omega (Ch. 4, Eq. 3) for one problem (alpha (m,)).
 
-    entropy_weight > 0 subtracts that multiple of the entropy of the unachieved weights (App. E.1)."""
+    entropy_weight > 0 subtracts that multiple of the entropy of the unachieved weights (App. E.1);
+    uniform_weight > 0 adds uniform_weight ||w - 1/m||^2 (the released MOO solver's regularizer)."""
     w = jax.nn.softmax(alpha)
     value = w @ q @ w + lam * omega(w, achieved)
     if entropy_weight:
         ent = -jnp.sum(jnp.where(achieved, 0.0, w * jnp.log(w + 1e-12)))
         value = value - entropy_weight * ent
+    if uniform_weight:
+        value = value + uniform_weight * jnp.sum(jnp.square(w - 1.0 / w.shape[-1]))
     return value
 
 
 def solve_weights(alpha: jax.Array, q: jax.Array, achieved: jax.Array, *, lam: Scalar = 0.0,
-                  lr: Scalar = 0.005, inner_steps: int = 10,
-                  entropy_weight: Scalar = 0.0) -> jax.Array:
+                  lr: Scalar = 0.005, inner_steps: int = 10, entropy_weight: Scalar = 0.0,
+                  uniform_weight: Scalar = 0.0) -> jax.Array:
     """K steps of gradient descent on alpha (Ch. 4, Alg. 1 lines 6-10); batched over leading axes.
 
     Returns the new alpha (warm start for the next attack step); w = softmax(alpha)."""
     grad_fn = jax.grad(weight_objective)
     for _ in range(q.ndim - 2):
-        grad_fn = jax.vmap(grad_fn, in_axes=(0, 0, 0, None, None))
+        grad_fn = jax.vmap(grad_fn, in_axes=(0, 0, 0, None, None, None))
 
     def body(_, a):
-        return a - lr * grad_fn(a, q, achieved, lam, entropy_weight)
+        return a - lr * grad_fn(a, q, achieved, lam, entropy_weight, uniform_weight)
 
     return jax.lax.fori_loop(0, inner_steps, body, alpha)
 
@@ -153,7 +176,7 @@ def _task_gradients(task_fn, delta):
 
 
 def _moo_attack(task_fn, delta0, project, *, m, step_size, steps, norm, weighting, lam, lr_w,
-                inner_steps, gamma, minmax_lr, entropy_weight, task_key=None):
+                inner_steps, gamma, minmax_lr, entropy_weight, uniform_weight=0.0, task_key=None):
     """Algorithm 1 of Ch. 4 on a (P, ...) perturbation; returns the last iterate delta_L.
 
     task_key: if given, task_fn takes (delta, key) and step t passes fold_in(task_key, t) (stochastic
@@ -178,7 +201,8 @@ def _moo_attack(task_fn, delta0, project, *, m, step_size, steps, norm, weightin
             q = jnp.einsum("pid,pjd->pij", flat, flat)
             reg = lam if weighting == "tamoo" else 0.0
             alpha = solve_weights(alpha, q, achieved, lam=reg, lr=lr_w, inner_steps=inner_steps,
-                                  entropy_weight=entropy_weight if weighting == "tamoo" else 0.0)
+                                  entropy_weight=entropy_weight if weighting == "tamoo" else 0.0,
+                                  uniform_weight=uniform_weight)
             w = jax.nn.softmax(alpha, axis=-1)
         g = jnp.einsum("pi,pi...->p...", w, grads)
         delta = project(delta + (step_size * threat.steepest_ascent(g, norm)).astype(delta.dtype))
@@ -222,15 +246,18 @@ def _start(key, x, eps, norm, random_start):
 _COMMON_DOC = """
     weighting: "uniform" | "moo" | "tamoo" | "minmax". lam: lambda of Eq. 3 (TA-MOO only). lr_w,
     inner_steps: eta_w and K of Alg. 1. gamma, minmax_lr: MinMax's gamma and weight learning rate.
-    loss: "ce" | "kl" | "cw" | callable. random_start: delta_0 ~ U(ball) (Alg. 1 line 1)."""
+    entropy_weight: App. E.1's entropy bonus (TA-MOO only). uniform_weight: the released MOO
+    solver's uniform regularizer (MOO and TA-MOO). `settings(...)` gives the thesis' and the
+    released scripts' values. loss: "ce" | "kl" | "cw" | callable. random_start: delta_0 ~ U(ball)
+    (Alg. 1 line 1)."""
 
 
 def tamoo_ens(logits_fns: Any, x: jax.Array, y: jax.Array, *,
               key: Optional[jax.Array] = None, eps: Scalar, step_size: Scalar, steps: int,
               norm: str = "linf", weighting: str = "tamoo", loss: Any = "ce", lam: float = 100.0,
               lr_w: float = 0.005, inner_steps: int = 10, gamma: float = 3.0,
-              minmax_lr: float = 0.01, entropy_weight: float = 0.0, random_start: bool = True,
-              bounds: Bounds = DEFAULT_BOUNDS) -> jax.Array:
+              minmax_lr: float = 0.01, entropy_weight: float = 0.0, uniform_weight: float = 0.0,
+              random_start: bool = True, bounds: Bounds = DEFAULT_BOUNDS) -> jax.Array:
     """ENS (Ch. 4, Sec. 3.2): one perturbation per example against every member h_i of an ensemble;
     task i = fool member i (argmax h_i(x + delta) != y). Per-example.
 
@@ -260,7 +287,7 @@ def tamoo_ens(logits_fns: Any, x: jax.Array, y: jax.Array, *,
     delta = _moo_attack(task_fn, delta0, project, m=m, step_size=step_size, steps=steps,
                         norm=norm, weighting=weighting, lam=lam, lr_w=lr_w,
                         inner_steps=inner_steps, gamma=gamma, minmax_lr=minmax_lr,
-                        entropy_weight=entropy_weight)
+                        entropy_weight=entropy_weight, uniform_weight=uniform_weight)
     return threat.project_to_threat(x + delta, x, eps, norm, bounds)
 
 
@@ -272,7 +299,8 @@ def tamoo_ens_members(logits_fn: Callable, x: jax.Array, y: jax.Array, *,
                       steps: int, norm: str = "linf", weighting: str = "tamoo", loss: Any = "ce",
                       lam: float = 100.0, lr_w: float = 0.005, inner_steps: int = 10,
                       gamma: float = 3.0, minmax_lr: float = 0.01, entropy_weight: float = 0.0,
-                      random_start: bool = True, bounds: Bounds = DEFAULT_BOUNDS) -> jax.Array:
+                      uniform_weight: float = 0.0, random_start: bool = True,
+                      bounds: Bounds = DEFAULT_BOUNDS) -> jax.Array:
     """ENS (thesis Ch. 4, Sec. 3.2, Alg. 1): `tamoo_ens` against the members of an ensemble given as
     ONE logits function, so that ENS runs from a config like any attack (registered as
     "tamoo_ens_members"): `logits_fn.members(x)` must return the member logits (m, B, C);
@@ -286,15 +314,16 @@ def tamoo_ens_members(logits_fn: Callable, x: jax.Array, y: jax.Array, *,
     return tamoo_ens(members, x, y, key=key, eps=eps, step_size=step_size, steps=steps, norm=norm,
                      weighting=weighting, loss=loss, lam=lam, lr_w=lr_w, inner_steps=inner_steps,
                      gamma=gamma, minmax_lr=minmax_lr, entropy_weight=entropy_weight,
-                     random_start=random_start, bounds=bounds)
+                     uniform_weight=uniform_weight, random_start=random_start, bounds=bounds)
 
 
 def tamoo_uni(logits_fn: Callable, x: jax.Array, y: jax.Array, *, key: Optional[jax.Array] = None,
               eps: Scalar, step_size: Scalar, steps: int, group_size: int, norm: str = "linf",
               weighting: str = "tamoo", loss: Any = "ce", lam: float = 100.0,
               lr_w: float = 0.005, inner_steps: int = 10, gamma: float = 3.0,
-              minmax_lr: float = 0.01, entropy_weight: float = 0.0, random_start: bool = True,
-              valid: Optional[jax.Array] = None, bounds: Bounds = DEFAULT_BOUNDS) -> jax.Array:
+              minmax_lr: float = 0.01, entropy_weight: float = 0.0, uniform_weight: float = 0.0,
+              random_start: bool = True, valid: Optional[jax.Array] = None,
+              bounds: Bounds = DEFAULT_BOUNDS) -> jax.Array:
     """UNI (Ch. 4, Sec. 3.2): one perturbation shared by each group of `group_size` = K consecutive
     images; task i = fool image i of the group. BATCH-LEVEL (batch size a multiple of K).
 
@@ -325,7 +354,7 @@ def tamoo_uni(logits_fn: Callable, x: jax.Array, y: jax.Array, *, key: Optional[
     delta = _moo_attack(task_fn, delta0, project, m=k, step_size=step_size, steps=steps,
                         norm=norm, weighting=weighting, lam=lam, lr_w=lr_w,
                         inner_steps=inner_steps, gamma=gamma, minmax_lr=minmax_lr,
-                        entropy_weight=entropy_weight)
+                        entropy_weight=entropy_weight, uniform_weight=uniform_weight)
     x_adv = threat.clip_to_box(xg + delta[:, None], *bounds).reshape(x.shape)
     return x_adv.astype(x.dtype)
 
@@ -507,7 +536,7 @@ def tamoo_eot(logits_fn: Callable, x: jax.Array, y: jax.Array, *, key: Optional[
               transforms: Optional[Sequence[str]] = None, norm: str = "linf",
               weighting: str = "tamoo", loss: Any = "ce", lam: float = 100.0,
               lr_w: float = 0.005, inner_steps: int = 10, gamma: float = 3.0,
-              minmax_lr: float = 0.01, entropy_weight: float = 0.0,
+              minmax_lr: float = 0.01, entropy_weight: float = 0.0, uniform_weight: float = 0.0,
               random_start: bool = True, stochastic: bool = False,
               bounds: Bounds = DEFAULT_BOUNDS) -> jax.Array:
     """EoT (Ch. 4, Sec. 3.2, Table 9): one perturbation per example that fools the model under every
@@ -543,11 +572,52 @@ def tamoo_eot(logits_fn: Callable, x: jax.Array, y: jax.Array, *, key: Optional[
     delta = _moo_attack(task_fn, delta0, project, m=m, step_size=step_size, steps=steps,
                         norm=norm, weighting=weighting, lam=lam, lr_w=lr_w,
                         inner_steps=inner_steps, gamma=gamma, minmax_lr=minmax_lr,
-                        entropy_weight=entropy_weight, task_key=task_key)
+                        entropy_weight=entropy_weight, uniform_weight=uniform_weight,
+                        task_key=task_key)
     return threat.project_to_threat(x + delta, x, eps, norm, bounds)
 
 
 tamoo_eot.__doc__ += _COMMON_DOC
+
+
+# ----------------------------------------------------------------------------------------------
+# Settings: the thesis' (App. C) and the released scripts' (module docstring)
+# ----------------------------------------------------------------------------------------------
+
+SETTINGS = ("ens", "uni", "eot")
+SETTINGS_VARIANTS = ("thesis", "release")
+RELEASE_ENS_UNIFORM_ATTACKS_ENSEMBLE_OUTPUT = True
+_RELEASE_EPS = 0.031
+
+
+def settings(setting: str, weighting: str, eps: float, variant: str = "thesis") -> dict:
+    """Keyword arguments of `tamoo_ens` / `tamoo_uni` / `tamoo_eot` (setting "ens" | "uni" | "eot")
+    for `weighting` at radius `eps`: steps, step_size, loss and the weighting's solver settings, as
+    the thesis states them (variant "thesis", App. C) or as the authors' scripts run them
+    ("release"; module docstring). The release's step sizes are scaled from its eps = 0.031 to `eps`."""
+    if setting not in SETTINGS:
+        raise ValueError(f"setting must be one of {SETTINGS}, got {setting!r}")
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+    if variant not in SETTINGS_VARIANTS:
+        raise ValueError(f"variant must be one of {SETTINGS_VARIANTS}, got {variant!r}")
+    v.check_nonnegative(eps, "eps")
+    kw = dict(weighting=weighting, steps=100, step_size=eps / 4, lam=100.0, lr_w=0.005,
+              inner_steps=10, gamma=3.0, minmax_lr=0.01, entropy_weight=0.0, uniform_weight=0.0,
+              loss="ce" if setting == "ens" else "cw")
+    if variant == "thesis":
+        return kw
+    kw.update(step_size=eps * (0.01 if setting == "eot" else 0.007) / _RELEASE_EPS,
+              minmax_lr=0.025, entropy_weight=20.0, loss="cw" if setting == "eot" else "ce")
+    if setting == "uni":
+        kw.update(lam=10.0)
+        if weighting in ("uniform", "minmax"):
+            kw.update(steps=50)
+    if weighting == "tamoo":
+        kw.update(lr_w=0.025 if setting == "ens" else 0.005)
+    elif weighting == "moo":
+        kw.update(lr_w=0.005 if setting == "eot" else 0.025, inner_steps=1, uniform_weight=20.0)
+    return kw
 
 
 # ----------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from typing import Any, Callable, Dict, Mapping
 
 from advjax.objectives import adt, at, mart, standard, trades
 from advjax.objectives import awp, udr, wrm
-from advjax.objectives import adr, ascl, cce
+from advjax.objectives import adr, ascl, cce, ensemble_at
 from advjax.objectives._common import (Objective, accuracy, as_objective_apply, attack_logits_fn,
                                        mean_ce, result, train_forward)
 
@@ -37,11 +37,13 @@ OBJECTIVES: Dict[str, Callable[..., Objective]] = {
     "adt_exp_am": adt.adt_exp_am,
     "adt_imp_am": adt.adt_imp_am,
     "adt_exp_trades": adt.adt_exp_trades,
-    # Thesis Ch. 3 (ADR, ASCL) and Ch. 4 (CCE; the model is models.ensemble.Ensemble):
+    # Thesis Ch. 3 (ADR, ASCL) and Ch. 4 (CCE, its baseline ADV-EN, TA-MOO-AT; the model is
+    # models.ensemble.Ensemble):
     "adr_adv": adr.adr_adv,
     "adr_trades": adr.adr_trades,
     "ascl": ascl.ascl,
     "cce": cce.cce,
+    "adv_en": ensemble_at.adv_en,
     "ensemble_moo_at": cce.ensemble_moo_at,
 }
 
