@@ -5,8 +5,8 @@ Per example, with eta^(0) = 2 eps and momentum alpha = 0.75:
     z^(k+1) = P_S( x^(k) + eta^(k) v*(grad f(x^(k))) )
     x^(k+1) = P_S( x^(k) + alpha (z^(k+1) - x^(k)) + (1 - alpha) (x^(k) - x^(k-1)) )   (alpha = 1 at k = 0)
 
-where S is the eps-ball intersected with [0, 1] and v* the steepest-ascent direction (sign for linf,
-g/||g||_2 for l2). The best point x_max (highest f) is tracked. At the checkpoints
+where S is the eps-ball intersected with the box `bounds` (default [0, 1]) and v* the steepest-ascent
+direction (sign for linf, g/||g||_2 for l2). The best point x_max (highest f) is tracked. At the checkpoints
 w_j = ceil(p_j N), p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06), the step
 size halves and the iterate restarts from x_max if
   Condition 1: the loss increased in at most rho = 0.75 of the steps since the last checkpoint, or
@@ -33,11 +33,20 @@ Condition 1 of the paper says.
 
 APGD-T (`apgd_t`) runs APGD with the targeted DLR loss (Eq. 7) towards each of the `num_target_classes`
 classes with the highest clean logits after the true one, keeping the first success. Success always
-means misclassification (AutoAttack's convention). Across restarts and targets each example keeps its
-first success (else its highest loss), so, as in the reference code, a run only attacks the examples
-no earlier run has fooled; on CPU those are gathered into chunks (`_runs`), with the same result as
-whole-batch runs. l1 is not supported (APGD-l1 is a different
-algorithm, Croce & Hein 2021).
+means misclassification (AutoAttack's convention). This is the published target choice: the reference
+code (fra31/auto-attack, `APGDAttack_targeted.perturb`) targets, for k = 2, ..., n_target_classes + 1,
+the k-th most likely class under the clean logits, with n_target_classes = 9 in the standard
+AutoAttack, and attacks only correctly classified points, for which the k-th most likely class is the
+(k-1)-th most likely class other than y, what `targets.ranked_targets` returns (for a misclassified
+point it never includes y, unlike the k-th overall). With explicit `targets` (one class per example,
+e.g. from `advjax.attacks.targets`), `apgd_t` is a targeted attack: one targeted-DLR run per restart
+towards that class, success meaning the target is predicted. Across restarts and targets each
+example keeps its first success (else its highest loss), so, as in the reference code, a run only
+attacks the examples no earlier run has fooled; on CPU those are gathered into chunks (`_runs`), with
+the same result as whole-batch runs. l1 is not supported (APGD-l1 is a different algorithm, Croce &
+Hein 2021).
+
+`eps` may be traced; `steps`, `restarts`, `norm`, `loss`, `num_target_classes` and `bounds` are static.
 """
 
 from __future__ import annotations
@@ -51,6 +60,8 @@ import numpy as np
 from advjax import losses as losses_lib
 from advjax import threat
 from advjax.attacks import _validation as v
+from advjax.attacks import targets as targets_lib
+from advjax.threat import DEFAULT_BOUNDS, Bounds, Scalar
 
 LogitsFn = Callable[[jax.Array], jax.Array]
 
@@ -58,7 +69,7 @@ RHO = 0.75
 MOMENTUM = 0.75
 
 
-def checkpoints(steps: int):
+def checkpoints(steps: int) -> list:
     """The paper's checkpoints w_0 = 0 < w_1 < ... <= N (Croce & Hein 2020, Sec. 3.2).
 
     w_j = ceil(p_j N) with p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06),
@@ -76,7 +87,7 @@ def checkpoints(steps: int):
         p_prev, p = p, p + max(p - p_prev - 3, 6)
 
 
-def checkpoint_schedule(steps: int):
+def checkpoint_schedule(steps: int) -> tuple:
     """Boolean checkpoint mask and window lengths, both of length `steps` (iteration index i).
 
     A checkpoint is evaluated after iteration i (0-based; it produces x^(i+1)) iff i + 1 = w_j for some
@@ -98,14 +109,17 @@ def _start_direction(key, x, norm):
     return jax.random.normal(key, x.shape, x.dtype)
 
 
-def _start(t, x, eps, norm):
-    """x + eps t / ||t||_p, clipped to the box."""
+def _start(t, x, eps, norm, bounds=DEFAULT_BOUNDS):
+    """x + eps t / ||t||_p, clipped to the box `bounds`."""
     scale = eps / (threat.norm_of(t, norm) + 1e-12)
-    return threat.clip_to_box(x + t * scale.reshape((-1,) + (1,) * (x.ndim - 1)).astype(x.dtype))
+    return threat.clip_to_box(x + t * scale.reshape((-1,) + (1,) * (x.ndim - 1)).astype(x.dtype),
+                              *bounds)
 
 
-def _apgd_run(logits_fn, x, y, loss_fn, t, *, eps, steps: int, norm: str):
+def _apgd_run(logits_fn, x, y, loss_fn, t, *, eps, steps: int, norm: str,
+              bounds=DEFAULT_BOUNDS, target=None):
     """One APGD run from the start direction t; returns (x_out, best loss, success) per example.
+    Success is misclassification, or predicting `target` when it is given (a targeted run).
 
     Iteration j = 0..steps first evaluates the loss, prediction and gradient at the candidate x^(j)
     (x^(0) the random start), then does the bookkeeping of Algorithm 1 for it (best point, first
@@ -126,9 +140,9 @@ def _apgd_run(logits_fn, x, y, loss_fn, t, *, eps, steps: int, norm: str):
     vg = jax.value_and_grad(total, has_aux=True)
 
     def proj(xa):
-        return threat.project_to_threat(xa, x, eps, norm)
+        return threat.project_to_threat(xa, x, eps, norm, bounds)
 
-    x0 = _start(t, x, eps, norm)
+    x0 = _start(t, x, eps, norm, bounds)
     fdt = _loss_dtype(logits_fn, loss_fn, x, y)
     is_check, window = checkpoint_schedule(steps)
     # Indexed by j: the checkpoint evaluated once x^(j) is known (after step j - 1 of the schedule).
@@ -148,7 +162,8 @@ def _apgd_run(logits_fn, x, y, loss_fn, t, *, eps, steps: int, norm: str):
         first = j == 0
         x_j = s["x"]
         (_, (f_new, logits)), g_new = vg(x_j)
-        succ = jnp.argmax(logits, -1) != y
+        pred = jnp.argmax(logits, -1)
+        succ = (pred != y) if target is None else (pred == target)
 
         new_succ = succ & ~s["found"]
         x_succ = jnp.where(new_succ.reshape(bshape), x_j, s["x_succ"])
@@ -218,9 +233,11 @@ def _chunk_size(n: int, norm: str) -> int:
     return min(n, max(MIN_CHUNK, -(-n // ACTIVE_SET_CHUNKS)))
 
 
-def _runs(logits_fn, x, y, keys, loss_for_run, *, eps, steps: int, norm: str):
-    """len(keys) APGD runs (run r from the start drawn with keys[r], loss `loss_for_run(r, idx)` on
-    the examples idx); per example, the first success, else the highest loss.
+def _runs(logits_fn, x, y, keys, run_spec, *, eps, steps: int, norm: str,
+          bounds=DEFAULT_BOUNDS):
+    """len(keys) APGD runs (run r from the start drawn with keys[r]; on the examples idx its loss and
+    target are `run_spec(r, idx)` = (loss_fn, target or None)); per example, the first success, else
+    the highest loss.
 
     A run after an example's first success cannot change its result, so each run attacks only the
     examples not fooled yet: they are ordered first, and taken `_chunk_size` at a time (the last
@@ -231,23 +248,27 @@ def _runs(logits_fn, x, y, keys, loss_for_run, *, eps, steps: int, norm: str):
     """
     n = x.shape[0]
     chunk = _chunk_size(n, norm)
-    fdt = _loss_dtype(logits_fn, loss_for_run(0, jnp.arange(n)), x, y)
+    fdt = _loss_dtype(logits_fn, run_spec(0, jnp.arange(n))[0], x, y)
     best = (x, jnp.full((n,), -jnp.inf, fdt), jnp.zeros((n,), bool))
+
+    def attack(r, idx, t, best_idx):
+        loss_fn, target = run_spec(r, idx)
+        new = _apgd_run(logits_fn, x[idx], y[idx], loss_fn, t[idx], eps=eps, steps=steps,
+                        norm=norm, bounds=bounds, target=target)
+        return _keep(best_idx, new)
 
     def one_run(r, best):
         t = _start_direction(keys[r], x, norm)
         if chunk == n:
-            idx = jnp.arange(n)
-            return _keep(best, _apgd_run(logits_fn, x, y, loss_for_run(r, idx), t, eps=eps,
-                                         steps=steps, norm=norm))
+            loss_fn, target = run_spec(r, jnp.arange(n))
+            return _keep(best, _apgd_run(logits_fn, x, y, loss_fn, t, eps=eps, steps=steps,
+                                         norm=norm, bounds=bounds, target=target))
         order = jnp.argsort(best[2], stable=True)  # not fooled yet (False) first
         n_chunks = (n - jnp.sum(best[2]) + chunk - 1) // chunk
 
         def chunk_body(c, best):
             idx = jax.lax.dynamic_slice(order, (jnp.minimum(c * chunk, n - chunk),), (chunk,))
-            new = _apgd_run(logits_fn, x[idx], y[idx], loss_for_run(r, idx), t[idx], eps=eps,
-                            steps=steps, norm=norm)
-            kept = _keep(tuple(a[idx] for a in best), new)
+            kept = attack(r, idx, t, tuple(a[idx] for a in best))
             return tuple(a.at[idx].set(k) for a, k in zip(best, kept))
 
         return jax.lax.fori_loop(0, n_chunks, chunk_body, best)
@@ -257,59 +278,78 @@ def _runs(logits_fn, x, y, keys, loss_for_run, *, eps, steps: int, norm: str):
     return jax.lax.fori_loop(0, len(keys), one_run, best)
 
 
-def _check(logits_fn, x, y, key, eps, steps, restarts, norm):
+def _check(logits_fn, x, y, key, eps, steps, restarts, norm, bounds=DEFAULT_BOUNDS):
     if norm not in ("linf", "l2"):
         raise ValueError(f"norm must be 'linf' or 'l2' for APGD, got {norm!r}")
     v.check_nonnegative(eps, "eps")
-    num_classes = v.check_batch(logits_fn, x, y)
+    num_classes = v.check_batch(logits_fn, x, y, bounds=bounds)
     v.check_positive_int(steps, "steps")
     v.check_positive_int(restarts, "restarts")
     v.check_key(key, True, "APGD starts at a random point")
     return num_classes
 
 
-def apgd(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: jax.Array, eps,
+def apgd(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: jax.Array, eps: Scalar,
          steps: int = 100, norm: str = "linf", loss: Union[str, Callable] = "ce",
-         restarts: int = 1) -> jax.Array:
+         restarts: int = 1, bounds: Bounds = DEFAULT_BOUNDS) -> jax.Array:
     """Untargeted APGD (Croce & Hein 2020, Alg. 1) with `loss` "ce" (APGD-CE) or "dlr" (APGD-DLR).
 
     `restarts` runs from independent random starts keep each example's first success, else its
-    highest loss. See the module docstring for the exact schedule.
+    highest loss. steps = 100 is AutoAttack's. `bounds` = (lo, hi): the valid-input box. See the
+    module docstring for the exact schedule.
     """
-    _check(logits_fn, x, y, key, eps, steps, restarts, norm)
+    bounds = threat.check_bounds(bounds)
+    _check(logits_fn, x, y, key, eps, steps, restarts, norm, bounds)
     loss_fn = losses_lib.get_loss(loss)
     keys = jax.random.split(key, restarts)
-    return _runs(logits_fn, x, y, keys, lambda r, idx: loss_fn, eps=eps, steps=steps,
-                 norm=norm)[0]
+    return _runs(logits_fn, x, y, keys, lambda r, idx: (loss_fn, None), eps=eps, steps=steps,
+                 norm=norm, bounds=bounds)[0]
 
 
-def apgd_ce(logits_fn, x, y, *, key, eps, steps=100, norm="linf", restarts=1):
+def apgd_ce(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: jax.Array, eps: Scalar,
+            steps: int = 100, norm: str = "linf", restarts: int = 1,
+            bounds: Bounds = DEFAULT_BOUNDS) -> jax.Array:
     """APGD-CE of AutoAttack: `apgd` with the cross-entropy loss."""
     return apgd(logits_fn, x, y, key=key, eps=eps, steps=steps, norm=norm, loss="ce",
-                restarts=restarts)
+                restarts=restarts, bounds=bounds)
 
 
-def apgd_t(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: jax.Array, eps,
+def apgd_t(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: jax.Array, eps: Scalar,
            steps: int = 100, norm: str = "linf", num_target_classes: int = 9,
-           restarts: int = 1) -> jax.Array:
+           restarts: int = 1, targets: Optional[jax.Array] = None,
+           bounds: Bounds = DEFAULT_BOUNDS) -> jax.Array:
     """APGD-T of AutoAttack: APGD on the targeted DLR loss (Croce & Hein 2020, Eq. 7).
 
-    For the t-th highest-scoring class other than y (t = 1..num_target_classes, AutoAttack's default 9),
-    run `restarts` APGD runs maximizing -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4)/2); keep each
-    example's first misclassified result, else the highest loss. y holds the true labels.
+    For the t-th highest-scoring class other than y (t = 1..num_target_classes, AutoAttack's default 9;
+    `targets.ranked_targets`), run `restarts` APGD runs maximizing
+    -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4)/2); keep each example's first misclassified result, else
+    the highest loss. y holds the true labels.
+
+    targets: optional (batch,) int classes, one per example (e.g. from `advjax.attacks.targets`).
+      Then the attack is targeted: `restarts` runs towards that class only (num_target_classes is
+      ignored), keeping each example's first iterate predicted as its target, else the highest loss.
     """
-    num_classes = _check(logits_fn, x, y, key, eps, steps, restarts, norm)
+    bounds = threat.check_bounds(bounds)
+    num_classes = _check(logits_fn, x, y, key, eps, steps, restarts, norm, bounds)
+    if targets is not None:
+        targets_lib.check_targets(targets, y, num_classes)
+        keys = jax.random.split(key, restarts)
+
+        def run_to(r, idx):
+            target = targets[idx]
+            return (lambda logits, yy: losses_lib.dlr_targeted(logits, yy, target)), target
+
+        return _runs(logits_fn, x, y, keys, run_to, eps=eps, steps=steps, norm=norm,
+                     bounds=bounds)[0]
     v.check_positive_int(num_target_classes, "num_target_classes")
     if num_target_classes > num_classes - 1:
         raise ValueError(f"num_target_classes must be <= classes - 1 = {num_classes - 1}, "
                          f"got {num_target_classes}")
-    z = logits_fn(x)
-    z = jnp.where(jax.nn.one_hot(y, num_classes, dtype=bool), -jnp.inf, z)
-    order = jnp.argsort(-z, axis=-1)[:, :num_target_classes]
+    order = targets_lib.ranked_targets(logits_fn(x), y, num_target_classes)
     keys = jax.random.split(key, num_target_classes * restarts)
 
-    def loss_for_run(r, idx):
+    def run(r, idx):
         target = order[idx, r // restarts]
-        return lambda logits, yy: losses_lib.dlr_targeted(logits, yy, target)
+        return (lambda logits, yy: losses_lib.dlr_targeted(logits, yy, target)), None
 
-    return _runs(logits_fn, x, y, keys, loss_for_run, eps=eps, steps=steps, norm=norm)[0]
+    return _runs(logits_fn, x, y, keys, run, eps=eps, steps=steps, norm=norm, bounds=bounds)[0]
