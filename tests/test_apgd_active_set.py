@@ -13,6 +13,7 @@ import pytest
 from advjax import attacks, models
 
 apgd_lib = importlib.import_module("advjax.attacks.apgd")
+targets_lib = importlib.import_module("advjax.attacks.targets")
 
 
 @pytest.fixture(scope="module")
@@ -32,10 +33,16 @@ def _counting_logits_fn(model, variables, log):
     return logits_fn
 
 
-def test_active_set_runs_equal_whole_batch_runs(monkeypatch, small_cnn):
-    """APGD-T over 2 targets x 2 restarts (`apgd` restarts take the same path, `_runs`)."""
+@pytest.mark.parametrize("targeted", [False, True], ids=["ranked_targets", "given_targets"])
+def test_active_set_runs_equal_whole_batch_runs(monkeypatch, small_cnn, targeted):
+    """APGD-T over 2 ranked targets x 2 restarts, and targeted APGD-T towards given classes over 3
+    restarts (success: the target is predicted); `apgd` restarts take the same path, `_runs`."""
     model, variables, x, y = small_cnn
-    name, kw = "apgd_t", dict(num_target_classes=2, restarts=2)
+    if targeted:
+        goal = targets_lib.ranked_targets(model.apply(variables, x), y, 1)[:, 0]
+        kw, n_runs, clean = dict(restarts=3, targets=goal), 3, 0
+    else:
+        kw, n_runs, clean = dict(num_target_classes=2, restarts=2), 4, len(y)  # ranks targets once
     steps = 8
 
     def run(chunked):
@@ -44,21 +51,18 @@ def test_active_set_runs_equal_whole_batch_runs(monkeypatch, small_cnn):
             monkeypatch.setattr(apgd_lib, "_chunk_size", lambda n, norm: n)
         log = []
         f = _counting_logits_fn(model, variables, log)
-        x_adv = jax.jit(lambda x, y: getattr(attacks, name)(f, x, y, key=jax.random.PRNGKey(1),
-                                                            eps=0.01, steps=steps, **kw))(x, y)
+        x_adv = jax.jit(lambda x, y: attacks.apgd_t(f, x, y, key=jax.random.PRNGKey(1), eps=0.01,
+                                                    steps=steps, **kw))(x, y)
         x_adv.block_until_ready()
         jax.effects_barrier()
         monkeypatch.undo()
         return np.asarray(x_adv), sum(log)
 
-    assert apgd_lib._chunk_size(40, "linf") == 40 // apgd_lib.ACTIVE_SET_CHUNKS or \
-        apgd_lib.MIN_CHUNK >= 40 // apgd_lib.ACTIVE_SET_CHUNKS
     whole, work_whole = run(chunked=False)
     chunked, work_chunked = run(chunked=True)
-    fooled = np.asarray(jnp.argmax(model.apply(variables, whole), -1) != y)
+    pred = np.asarray(jnp.argmax(model.apply(variables, whole), -1))
+    fooled = (pred == np.asarray(goal)) if targeted else (pred != np.asarray(y))
     assert 0.2 < fooled.mean() < 1  # some examples are fooled by an early run, some never
-    n_runs = kw.get("num_target_classes", 1) * kw["restarts"]
-    clean = len(y)  # APGD-T ranks the targets on the clean logits
     assert work_whole == n_runs * (steps + 1) * len(y) + clean
     assert work_chunked < 0.9 * work_whole  # fooled examples were not attacked again
     np.testing.assert_array_equal(chunked, whole)
