@@ -243,39 +243,45 @@ def time_slice(config: str, overrides: Optional[Dict[str, Any]] = None, *, steps
                              if isinstance(v, (int, float))}}
 
 
-def time_eval(config: str, attacks: List[Dict[str, Any]], *, n: int = 200) -> Dict[str, Any]:
-    """Seconds to evaluate `attacks` on n test images with an untrained model of configs/<config>
-    (attack cost does not depend on the weights), scaled to the 10,000 test images."""
+def time_eval(config: str, attacks: List[Dict[str, Any]], *, n: int = 250) -> Dict[str, Any]:
+    """Seconds to evaluate `attacks` on the 10,000 test images with an untrained model of
+    configs/<config> (attack cost does not depend on the weights). `robust_accuracy` compiles each
+    attack once per call, so it runs on n images (one batch) and on 2 n (two batches of n): the
+    difference is the per-image cost, the rest the compilation; seconds_per_10k = compilation +
+    10,000 x per-image cost (wall, and this process's CPU time)."""
     import jax
     from advjax import data, evaluate as evaluate_lib, models
     cfg = study.load_config(config)
     model = models.get_model(cfg.model.name, **{k: v for k, v in cfg.model.items()
                                                 if k != "name"})
-    x, y = data.load_numpy(cfg.data.name, "test", limit=n)
+    x, y = data.load_numpy(cfg.data.name, "test", limit=2 * n)
     variables = models.init_variables(model, jax.random.PRNGKey(0), x.shape[1:])
     logits_fn = lambda z: model.apply(variables, z, train=False)
-    bs = min(500, n)
-    evaluate_lib.robust_accuracy(logits_fn, (x[:bs], y[:bs]), attacks, key=jax.random.PRNGKey(0),
-                                 batch_size=bs)  # compiles every attack once, untimed
-    t0, c0 = time.time(), time.process_time()
-    res = evaluate_lib.robust_accuracy(logits_fn, (x, y), attacks, key=jax.random.PRNGKey(1),
-                                       batch_size=bs)
-    sec, cpu = time.time() - t0, time.process_time() - c0
-    return {"config": config, "n": n, "seconds": sec, "seconds_per_10k": sec * 10000 / n,
-            "cpu_seconds_per_10k": cpu * 10000 / n,
-            "per_attack_seconds": {k: round(v, 2) for k, v in res.seconds.items()},
+    out = {}
+    for m in (n, 2 * n):
+        t0, c0 = time.time(), time.process_time()
+        res = evaluate_lib.robust_accuracy(logits_fn, (x[:m], y[:m]), attacks,
+                                           key=jax.random.PRNGKey(1), batch_size=n)
+        out[m] = (time.time() - t0, time.process_time() - c0, res.seconds)
+    per_image = [(out[2 * n][i] - out[n][i]) / n for i in (0, 1)]
+    compile_ = [out[n][i] - n * per_image[i] for i in (0, 1)]
+    return {"config": config, "n": n, "seconds_per_10k": compile_[0] + 10000 * per_image[0],
+            "cpu_seconds_per_10k": compile_[1] + 10000 * per_image[1],
+            "compile_seconds": compile_[0], "compile_cpu_seconds": compile_[1],
+            "per_attack_seconds_2n": {k: round(v, 2) for k, v in out[2 * n][2].items()},
             "load": load_load()}
 
 
 def write_budget(study_dir: str, methods: Sequence[study.Method], eval_config: str,
-                 attacks: List[Dict[str, Any]], *, steps: int = 20, eval_n: int = 200,
+                 attacks: List[Dict[str, Any]], *, steps: int = 20, eval_n: int = 250,
                  common: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """Times one slice per distinct config of `methods` (their first overrides) and the evaluation,
-    and writes <study_dir>/budget.json ({"train": {config: time_slice}, "eval": time_eval})."""
+    and writes <study_dir>/budget.json ({"train": {config: time_slice}, "eval": time_eval}).
+    steps = 0 re-times the evaluation only."""
     path = os.path.join(study_dir, "budget.json")
     budget = json.load(open(path)) if os.path.exists(path) else {"train": {}}
     seen = set()
-    for m in methods:
+    for m in (methods if steps else []):
         if m.config in seen:
             continue
         seen.add(m.config)
@@ -288,7 +294,7 @@ def write_budget(study_dir: str, methods: Sequence[study.Method], eval_config: s
               f"(load {t['load_after']})", flush=True)
         with open(path, "w") as f:
             json.dump(budget, f, indent=1)
-    print(f"[budget] timing the evaluation on {eval_n} test images", flush=True)
+    print(f"[budget] timing the evaluation ({eval_n} and {2 * eval_n} test images)", flush=True)
     budget["eval"] = time_eval(eval_config, attacks, n=eval_n)
     budget["threads"] = os.environ.get("XLA_FLAGS", "")
     with open(path, "w") as f:

@@ -116,8 +116,10 @@ def main(argv=None):
     p = study.argument_parser("adt_fmnist", train_limit=0, epochs=100, n=10000)
     seeded.add_seed_arguments(p)
     p.add_argument("--time-slices", type=int, default=0, metavar="STEPS",
-                   help="time STEPS training steps of every config and the evaluation of 200 "
-                        "test images, write budget.json, and exit")
+                   help="time STEPS training steps of every config and the evaluation (250 and "
+                        "500 test images), write budget.json, and exit")
+    p.add_argument("--time-eval", action="store_true",
+                   help="re-time only the evaluation in budget.json, and exit")
     args = p.parse_args(argv)
     global OUT
     OUT = args.results_dir or HERE
@@ -126,8 +128,9 @@ def main(argv=None):
     from advjax.config import scaled_decay_epochs
     t0 = time.time()
     atk = eval_attacks()
-    if args.time_slices:
-        seeded.write_budget(HERE, METHODS, "adt_at_pgd_fmnist", atk, steps=args.time_slices)
+    if args.time_slices or args.time_eval:
+        seeded.write_budget(HERE, METHODS, "adt_at_pgd_fmnist", atk,
+                            steps=0 if args.time_eval else args.time_slices)
         return
     runs = seeded.expand(METHODS, args.seeds)
     if args.only:

@@ -85,7 +85,7 @@ def gammas(args):
     g2, ginf = args.gamma_2 or saved.get("gamma_2"), args.gamma_inf or saved.get("gamma_inf")
     if g2 is not None and ginf is not None:
         return g2, ginf
-    if args.report_only or args.plan or args.time_slices:
+    if args.report_only or args.plan or args.time_slices or args.time_eval:
         return g2 or 0.3, ginf or 1.0
     from calibrate_gamma import calibrate
     common = {"optim.decay_epochs": ()}
@@ -205,8 +205,10 @@ def report(results, args, methods, pairs, wall, controls):
     md += [text, "## UDR: lambda and the adversary's size at the end of each epoch", ""]
     udr_runs = [seeded.seed_label(u, s) for u, _ in UDR_PAIRS for s in args.seeds]
     traces = lambda_trace(args.workdir, udr_runs)
+    md.append("lambda settled = it moved by less than 0.01 over the last epoch.")
     for label, tr in traces.items():
-        md.append(f"- {label}: " + "; ".join(
+        settled = len(tr) >= 2 and abs(tr[-1].get("lambda", 0) - tr[-2].get("lambda", 0)) < 0.01
+        md.append(f"- {label} (settled: {'yes' if settled else 'no'}): " + "; ".join(
             f"ep {t['epoch']}: lambda {t.get('lambda', float('nan')):.3f}, linf "
             f"{t.get('linf', float('nan')):.3f}, l2 {t.get('l2', float('nan')):.2f}"
             for t in tr))
@@ -255,8 +257,10 @@ def main(argv=None):
                    help="the controls' training eps (default: the UDR adversaries' radius)")
     p.add_argument("--no-ablations", action="store_true")
     p.add_argument("--time-slices", type=int, default=0, metavar="STEPS",
-                   help="time STEPS training steps of every config and the evaluation of 200 "
-                        "test images, write budget.json, and exit")
+                   help="time STEPS training steps of every config and the evaluation (250 and "
+                        "500 test images), write budget.json, and exit")
+    p.add_argument("--time-eval", action="store_true",
+                   help="re-time only the evaluation in budget.json, and exit")
     args = p.parse_args(argv)
     global OUT
     OUT = args.results_dir or HERE
@@ -274,9 +278,9 @@ def main(argv=None):
     if args.only:
         keep = lambda m: m.label.rsplit(" s", 1)[0] in args.only
         runs, ablations = [m for m in runs if keep(m)], [m for m in ablations if keep(m)]
-    if args.time_slices:
+    if args.time_slices or args.time_eval:
         seeded.write_budget(HERE, methods + ablation_methods(g2), "pgd_at_fmnist", atk,
-                            steps=args.time_slices)
+                            steps=0 if args.time_eval else args.time_slices)
         return
     if args.plan:
         ctrl = control_methods(*(args.control_eps or (0.125, 0.125)))

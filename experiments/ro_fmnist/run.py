@@ -190,8 +190,10 @@ def main(argv=None):
     p = study.argument_parser("ro_fmnist", train_limit=0, epochs=20, n=10000)
     seeded.add_seed_arguments(p)
     p.add_argument("--time-slices", type=int, default=0, metavar="STEPS",
-                   help="time STEPS training steps of every config and the evaluation of 200 "
-                        "test images, write budget.json, and exit")
+                   help="time STEPS training steps of every config and the evaluation (250 and "
+                        "500 test images), write budget.json, and exit")
+    p.add_argument("--time-eval", action="store_true",
+                   help="re-time only the evaluation in budget.json, and exit")
     p.add_argument("--no-ablations", action="store_true")
     args = p.parse_args(argv)
     global OUT
@@ -200,8 +202,9 @@ def main(argv=None):
     study.pin_threads(args.threads)
     t0 = time.time()
     atk = eval_attacks()
-    if args.time_slices:
-        seeded.write_budget(HERE, METHODS, "ro_standard_fmnist", atk, steps=args.time_slices)
+    if args.time_slices or args.time_eval:
+        seeded.write_budget(HERE, METHODS, "ro_standard_fmnist", atk,
+                            steps=0 if args.time_eval else args.time_slices)
         return
     runs = seeded.expand(METHODS, args.seeds)
     runs += [] if args.no_ablations else seeded.expand(ABLATIONS, args.seeds[:1])
