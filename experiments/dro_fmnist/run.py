@@ -105,15 +105,16 @@ def gammas(args):
     return g2, ginf
 
 
-def main_methods(g2, ginf):
+def main_methods(g2, ginf, udr_lambda_lr=None):
     dra = {"objective.gamma": g2}
+    udr = {} if udr_lambda_lr is None else {"objective.lambda_lr": udr_lambda_lr}
     return [
         study.Method("PGD-AT (Eq. 5)", "udr_pgd_hardball_fmnist"),
-        study.Method("UDR-PGD", "udr_pgd_fmnist"),
+        study.Method("UDR-PGD", "udr_pgd_fmnist", udr),
         study.Method("TRADES", "trades_fmnist"),
-        study.Method("UDR-TRADES", "udr_trades_fmnist"),
+        study.Method("UDR-TRADES", "udr_trades_fmnist", udr),
         study.Method("MART", "mart_fmnist"),
-        study.Method("UDR-MART", "udr_mart_fmnist"),
+        study.Method("UDR-MART", "udr_mart_fmnist", udr),
         study.Method("PGD-AT", "pgd_at_fmnist"),
         study.Method("WRM (DRA_2)", "wrm_fmnist", dra),
         study.Method("DRA_inf", "dra_inf_fmnist", {"objective.gamma": ginf}),
@@ -256,6 +257,10 @@ def main(argv=None):
                    metavar=("PGD_EPS", "TRADES_EPS"),
                    help="the controls' training eps (default: the UDR adversaries' radius)")
     p.add_argument("--no-ablations", action="store_true")
+    p.add_argument("--udr-lambda-lr", type=float, default=None,
+                   help="UDR's eta_lambda per update (default the [code]'s 0.02 every 10 steps); "
+                        "a cut that shortens training raises it so that lambda reaches its "
+                        "equilibrium (mean |delta| = eps, which does not depend on eta_lambda)")
     p.add_argument("--time-slices", type=int, default=0, metavar="STEPS",
                    help="time STEPS training steps of every config and the evaluation (250 and "
                         "500 test images), write budget.json, and exit")
@@ -269,7 +274,7 @@ def main(argv=None):
     from advjax.config import scaled_decay_epochs
     t0 = time.time()
     g2, ginf = gammas(args)
-    methods = main_methods(g2, ginf)
+    methods = main_methods(g2, ginf, args.udr_lambda_lr)
     common = {**study.common_overrides(args),
               "optim.decay_epochs": scaled_decay_epochs(args.epochs)}
     atk = attacks(has_autoattack())
