@@ -56,7 +56,7 @@ Importing this module also registers the amortized attacks "adt_exp_am" and "adt
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import Callable, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -69,6 +69,7 @@ from advjax.models.generator import (ResidualGenerator, VectorEncoder,
                                      released_generator_fields)
 from advjax.objectives import _common as c
 from advjax.objectives.trades import trades_loss
+from advjax.threat import DEFAULT_BOUNDS, Bounds, Scalar
 
 
 def _check_input_shape(input_shape) -> Tuple[int, int, int]:
@@ -80,7 +81,8 @@ def _check_input_shape(input_shape) -> Tuple[int, int, int]:
     return shape
 
 
-def trades_inner_loss(logits_nat: jax.Array, beta):
+def trades_inner_loss(logits_nat: jax.Array,
+                      beta: Scalar) -> Callable[[jax.Array, jax.Array], jax.Array]:
     """The delta-dependent part of the TRADES loss in ADT's Eq. (5), per example:
     (logits_adv, y) -> beta KL(f(x) || f(x + delta)), the natural logits held constant. ADT's inner
     problem with it is max_p beta E_p[KL] + lam H (the beta-free E_p[KL] + lam H would weigh the
@@ -89,7 +91,8 @@ def trades_inner_loss(logits_nat: jax.Array, beta):
     return lambda logits, y: beta * losses.kl_divergence(nat, logits)
 
 
-def _exp_objective(apply_fn, *, eps, steps, samples, lr, lam, adam_b1, adam_b2, init_sigma,
+def _exp_objective(apply_fn: c.ApplyFn, *, eps, steps, samples, lr, lam, adam_b1, adam_b2,
+                   init_sigma,
                    attack_bn, beta: Optional[float]) -> c.Objective:
     """ADT_EXP with CE (beta None) or the TRADES loss (beta set)."""
     v.check_nonnegative(eps, "eps")
@@ -127,7 +130,7 @@ def _exp_objective(apply_fn, *, eps, steps, samples, lr, lam, adam_b1, adam_b2, 
     return c.Objective(objective)
 
 
-def adt_exp(apply_fn, *, eps: float, steps: int = 7, samples: int = 5, lr: float = 0.3,
+def adt_exp(apply_fn: c.ApplyFn, *, eps: float, steps: int = 7, samples: int = 5, lr: float = 0.3,
             lam: float = 0.01, adam_b1: float = 0.0, adam_b2: float = 0.0,
             init_sigma: float = adt_attacks.DEFAULT_INIT_SIGMA,
             attack_bn: str = "eval") -> c.Objective:
@@ -140,7 +143,7 @@ def adt_exp(apply_fn, *, eps: float, steps: int = 7, samples: int = 5, lr: float
                           attack_bn=attack_bn, beta=None)
 
 
-def adt_exp_trades(apply_fn, *, eps: float, beta: float = 6.0, steps: int = 7, samples: int = 5,
+def adt_exp_trades(apply_fn: c.ApplyFn, *, eps: float, beta: float = 6.0, steps: int = 7, samples: int = 5,
                    lr: float = 0.3, lam: float = 0.01, adam_b1: float = 0.0, adam_b2: float = 0.0,
                    init_sigma: float = adt_attacks.DEFAULT_INIT_SIGMA,
                    attack_bn: str = "eval") -> c.Objective:
@@ -211,7 +214,7 @@ def make_generator(out_channels: int, *, arch: str, width: int, blocks: int,
     raise ValueError(f"generator_arch must be one of {GENERATOR_ARCHS}, got {arch!r}")
 
 
-def adt_exp_am(apply_fn, *, eps: float, input_shape: Sequence[int], lam: float = 0.01,
+def adt_exp_am(apply_fn: c.ApplyFn, *, eps: float, input_shape: Sequence[int], lam: float = 0.01,
                variant: str = "code", generator_input: Optional[str] = None,
                generator_arch: Optional[str] = None, generator_lr: float = 2e-4,
                generator_b1: float = 0.5, generator_b2: float = 0.999, generator_width: int = 64,
@@ -268,9 +271,9 @@ def adt_exp_am(apply_fn, *, eps: float, input_shape: Sequence[int], lam: float =
     return c.Objective(objective, init_method_state=init_method_state)
 
 
-def adt_imp_am(apply_fn, *, eps: float, input_shape: Sequence[int], variant: str = "code",
-               lam: Optional[float] = None, noise: Optional[str] = None, z_dim: int = 64,
-               z_channels: int = 1, entropy_hinge: Optional[float] = None,
+def adt_imp_am(apply_fn: c.ApplyFn, *, eps: float, input_shape: Sequence[int],
+               variant: str = "code", lam: Optional[float] = None, noise: Optional[str] = None,
+               z_dim: int = 64, z_channels: int = 1, entropy_hinge: Optional[float] = None,
                encoder_input: Optional[str] = None, generator_input: Optional[str] = None,
                generator_arch: Optional[str] = None, generator_lr: float = 2e-4,
                generator_b1: float = 0.5, generator_b2: float = 0.999, generator_width: int = 64,
@@ -377,21 +380,25 @@ def adt_imp_am(apply_fn, *, eps: float, input_shape: Sequence[int], variant: str
 # The amortized attacks with the default generator (registered as "adt_exp_am", "adt_imp_am")
 # ------------------------------------------------------------------------------------------------
 
-def exp_am_attack(logits_fn, x, y, *, key, eps, train_steps: int = 200, lr: float = 1e-3,
+def exp_am_attack(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array, y: jax.Array, *,
+                  key: jax.Array, eps: Scalar, train_steps: int = 200, lr: float = 1e-3,
                   lam: float = 0.01, generator_width: int = 32, generator_blocks: int = 2,
-                  generator_input: str = "image_and_gradients") -> jax.Array:
+                  generator_input: str = "image_and_gradients",
+                  bounds: Bounds = DEFAULT_BOUNDS) -> jax.Array:
     """The EXP-AM attack with a fresh `ResidualGenerator` (see `attacks.adt.adt_exp_am_attack`)."""
     generator = ResidualGenerator(out_channels=2 * x.shape[-1], width=generator_width,
                                   num_blocks=generator_blocks)
     return adt_attacks.adt_exp_am_attack(logits_fn, x, y, key=key, eps=eps, generator=generator,
                                          train_steps=train_steps, lr=lr, lam=lam,
-                                         generator_input=generator_input)
+                                         generator_input=generator_input, bounds=bounds)
 
 
-def imp_am_attack(logits_fn, x, y, *, key, eps, train_steps: int = 200, lr: float = 1e-3,
+def imp_am_attack(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array, y: jax.Array, *,
+                  key: jax.Array, eps: Scalar, train_steps: int = 200, lr: float = 1e-3,
                   lam: float = 0.01, z_channels: int = 1, generator_width: int = 32,
                   generator_blocks: int = 2, encoder_width: int = 16, encoder_blocks: int = 1,
-                  generator_input: str = "image_and_gradients") -> jax.Array:
+                  generator_input: str = "image_and_gradients",
+                  bounds: Bounds = DEFAULT_BOUNDS) -> jax.Array:
     """The IMP-AM attack with fresh `ResidualGenerator`s (see `attacks.adt.adt_imp_am_attack`)."""
     generator = ResidualGenerator(out_channels=x.shape[-1], width=generator_width,
                                   num_blocks=generator_blocks)
@@ -400,7 +407,7 @@ def imp_am_attack(logits_fn, x, y, *, key, eps, train_steps: int = 200, lr: floa
     return adt_attacks.adt_imp_am_attack(logits_fn, x, y, key=key, eps=eps, generator=generator,
                                          encoder=encoder, z_channels=z_channels,
                                          train_steps=train_steps, lr=lr, lam=lam,
-                                         generator_input=generator_input)
+                                         generator_input=generator_input, bounds=bounds)
 
 
 attacks.register_attack("adt_exp_am", exp_am_attack)
