@@ -288,7 +288,14 @@ def main(argv=None):
                             steps=0 if args.time_eval else args.time_slices)
         return
     if args.plan:
-        ctrl = control_methods(*(args.control_eps or (0.125, 0.125)))
+        # the controls the run would add: both with --control-eps, else those of the UDR methods
+        # run (their cost does not depend on the radius; 0.125 stands in for it)
+        if args.control_eps:
+            ctrl = control_methods(*args.control_eps)
+        else:
+            ran = lambda u: not args.only or u in args.only
+            ctrl = control_methods(0.125 if ran("UDR-PGD") else None,
+                                   0.125 if ran("UDR-TRADES") else None)
         seeded.print_plan(HERE, runs + seeded.expand(ctrl, args.seeds) + ablations, args.epochs,
                           args.n)
         return
