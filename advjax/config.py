@@ -211,7 +211,7 @@ def udr_pgd_adversary(c: ml_collections.ConfigDict, eps: float = 0.1) -> ml_coll
 def ro_fmnist_base() -> ml_collections.ConfigDict:
     """Robust-optimization study (ro_*_fmnist): the paper's MNIST "baseline net" (`ro_cnn`) with
     the released Lua scripts' training: SGD 0.01, momentum 0.9, L2 penalty 1e-3 on all weights,
-    batch 100, constant rate (their decay lr / (1 + 5e-6 t) moves lr by < 5 % in 12,000 steps and is
+    batch 100, constant rate (their decay lr / (1 + 5e-6 t) moves lr by 6 % in 12,000 steps and is
     left out), all 60k / 10k images. The release trains until stopped; 20 epochs here. Eval: FGSM
     (the paper's Fig. 3) and PGD-20 (step eps / 4) at eps 0.02 ... 0.2.
     """
