@@ -67,9 +67,19 @@ def transfer_eval(args, labels, seed):
     import numpy as np
 
     from advjax import attacks, config as config_lib, data, train as train_lib
+    methods = {m.label: m for m in METHODS + ABLATIONS}
+
+    def run_config(label):
+        # the config the run was trained with (common overrides, the method's, the seed), so that
+        # restoring it does not warn about a config change
+        m = methods[label]
+        return study.load_config(m.config, {**study.common_overrides(args), **m.overrides,
+                                            "seed": int(seed), "eval.attacks": [],
+                                            "train.progress": False})
+
     base = seeded.seed_label("Standard", seed)
-    cfg = study.load_config("ro_standard_fmnist")
-    state, model = train_lib.restore_state(cfg, os.path.join(args.workdir, base))
+    state, model = train_lib.restore_state(run_config("Standard"),
+                                           os.path.join(args.workdir, base))
     f_base = jax.jit(train_lib.eval_logits_fn(model, state))
     x, y = data.load_numpy("fashion_mnist", "test", limit=args.n)
     radii = {"linf": config_lib.RO_LINF_EPS, "l2": config_lib.RO_L2_EPS,
@@ -90,8 +100,7 @@ def transfer_eval(args, labels, seed):
         wd = os.path.join(args.workdir, seeded.seed_label(label, seed))
         if not os.path.exists(os.path.join(wd, "train_done.json")):
             continue
-        m_cfg = study.load_config(dict((m.label, m.config) for m in METHODS + ABLATIONS)[label])
-        st, mdl = train_lib.restore_state(m_cfg, wd)
+        st, mdl = train_lib.restore_state(run_config(label), wd)
         f = jax.jit(train_lib.eval_logits_fn(mdl, st))
         out[label] = {norm: np.concatenate([
             np.asarray(jnp.argmax(f(jnp.asarray(xa[i:i + 500])), -1) == ya[i:i + 500])
