@@ -47,7 +47,7 @@ import jax
 import jax.numpy as jnp
 
 from advjax.models import layers
-from advjax.models.cnn import CNN4C3F, DAACNN, DAAReleaseCNN, DRACNN, MadryCNN
+from advjax.models.cnn import CNN4C3F, DAACNN, DAAReleaseCNN, DRACNN, MadryCNN, ROCNN
 from advjax.models.ensemble import Ensemble
 from advjax.models.layers import CIFAR10_MEAN, CIFAR10_STD, max_pool_2x2
 from advjax.models.mlp import MLP
@@ -58,6 +58,7 @@ MODELS: Dict[str, type] = {
     "mlp": MLP,
     "cnn4c3f": CNN4C3F,
     "madry_cnn": MadryCNN,
+    "ro_cnn": ROCNN,
     "daa_cnn": DAACNN,
     "daa_release_cnn": DAAReleaseCNN,
     "dra_cnn": DRACNN,

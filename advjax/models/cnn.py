@@ -124,6 +124,45 @@ class MadryCNN(nn.Module):
         return (logits, features) if return_features else logits
 
 
+class ROCNN(nn.Module):
+    """The MNIST "baseline net" of Shaham, Yamada, Negahban, "Understanding adversarial training:
+    increasing local stability of supervised models through robust optimization" (Neurocomputing
+    2018, Sec. 5.1; the released Lua code, runopti/RobustTraining ``mnist/train-mnist-robust-*.lua``):
+
+    conv 5x5 32 (VALID) -> ReLU -> max-pool 3x3 stride 3 -> conv 5x5 64 (VALID) -> ReLU -> max-pool
+    2x2 -> flatten (= features) -> dense 200 -> ReLU -> dense num_classes. No dropout (commented out
+    in the release). On 28x28 inputs: 24 -> 8 -> 4 -> 2, 2*2*64 = 256 features (the release pads
+    MNIST to 32x32: 28 -> 9 -> 5 -> 2, the same 256); 105,506 parameters with 10 classes.
+    The release normalizes the inputs by the training set's mean and std (and its "-BN" scripts by a
+    non-affine batch norm on the input); here ``mean`` / ``std`` normalize inside the model.
+    """
+
+    num_classes: int = 10
+    widths: Sequence[int] = (32, 64)
+    fc_width: int = 200
+    mean: Optional[Sequence[float]] = None
+    std: Optional[Sequence[float]] = None
+    first_conv_impl: str = "patches_grad"
+    conv_impl: str = "explicit_grad"
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, *, train: bool = False, return_features: bool = False):
+        del train  # no dropout or batch norm
+        h = normalize(x, self.mean, self.std)
+        h = nn.relu(Conv(self.widths[0], (5, 5), padding="VALID", impl=self.first_conv_impl,
+                         name="conv1")(h))
+        n, hh, ww, c = h.shape   # 3x3 / stride-3 pool by reshape (an odd remainder is dropped)
+        h = h[:, : hh - hh % 3, : ww - ww % 3, :]
+        h = jnp.max(h.reshape(n, hh // 3, 3, ww // 3, 3, c), axis=(2, 4))
+        h = nn.relu(Conv(self.widths[1], (5, 5), padding="VALID", impl=self.conv_impl,
+                         name="conv2")(h))
+        h = max_pool(h, "reshape")
+        features = flatten(h)
+        h = nn.relu(nn.Dense(self.fc_width, name="fc1")(features))
+        logits = nn.Dense(self.num_classes, name="fc2")(h)
+        return (logits, features) if return_features else logits
+
+
 class DAACNN(nn.Module):
     """A small stand-in for DAA's Fashion-MNIST target (Zheng, Chen & Ren, "Distributionally
     adversarial attack", AAAI 2019, Sec. 5: "four convolutional layers and a fully connected layer
