@@ -107,10 +107,18 @@ def is_set_level(attack) -> bool:
 
 
 def _attacked_predictions(logits_fn, attack, x, y, key, valid):
-    """Predictions on attack(x). Padded rows (valid = False) must not influence a batch-level attack,
-    so it gets the mask; per-example attacks ignore the padding by construction."""
+    """Predictions on attack(x) and `_output_stats` of the result. Padded rows (valid = False) must
+    not influence a batch-level attack, so it gets the mask; per-example attacks ignore the padding
+    by construction."""
     kwargs = {"valid": valid} if is_batch_level(attack) else {}
-    return jnp.argmax(logits_fn(attack(logits_fn, x, y, key=key, **kwargs)), -1)
+    x_adv = attack(logits_fn, x, y, key=key, **kwargs)
+    logits = logits_fn(x_adv)
+    return jnp.argmax(logits, -1), _output_stats(x, x_adv, logits, threat_of(attack)[1])
+
+
+def _clean_predictions(logits_fn, x):
+    logits = logits_fn(x)
+    return jnp.argmax(logits, -1), jnp.all(jnp.isfinite(logits), axis=-1)
 
 
 def _pad(a: np.ndarray, size: int) -> np.ndarray:
@@ -118,6 +126,100 @@ def _pad(a: np.ndarray, size: int) -> np.ndarray:
         return a
     pad = np.repeat(a[:1], size - len(a), axis=0)
     return np.concatenate([a, pad], axis=0)
+
+
+def labels_as_int32(y, name: str = "y") -> np.ndarray:
+    """Labels as int32, after checking them *before* the cast: an integer dtype (a float label such
+    as 3.7 would be truncated to a valid-looking class) and values in [0, 2**31 - 1] (a larger int64
+    label would wrap around to a valid-looking class). The upper bound by the class count is
+    checked per batch against the logits (`_validation.check_batch`)."""
+    y = np.asarray(y)
+    if y.dtype == bool or not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"{name} must hold integer class labels, got dtype {y.dtype}"
+                         + (f" (e.g. {y.ravel()[0]!r})" if y.size else ""))
+    if y.size and (y.min() < 0 or y.max() > np.iinfo(np.int32).max):
+        raise ValueError(f"{name} must be class indices >= 0 that fit in int32, got values in "
+                         f"[{y.min()}, {y.max()}]")
+    return y.astype(np.int32)
+
+
+def _signature_default(fn, name, fallback):
+    import inspect
+    fn = getattr(fn, "func", fn)
+    try:
+        p = inspect.signature(fn).parameters.get(name)
+    except (TypeError, ValueError):
+        return fallback
+    if p is None or p.default is inspect.Parameter.empty:
+        return fallback
+    return p.default
+
+
+def threat_of(attack) -> Tuple[Optional[float], str, Tuple[float, float]]:
+    """(eps, norm, bounds) of an attack built by `attack_from_spec` (a functools.partial): eps from
+    its keywords (None if it has none, e.g. WRM's Lagrangian attack, which has no ball), norm from
+    its keywords or its signature's default (attacks without a `norm` argument are linf), bounds
+    likewise (default [0, 1])."""
+    kw = dict(getattr(attack, "keywords", {}) or {})
+    eps = kw.get("eps")
+    norm = kw.get("norm", _signature_default(attack, "norm", "linf"))
+    bounds = tuple(kw.get("bounds", _signature_default(attack, "bounds", (0.0, 1.0))))
+    return (None if eps is None else float(eps)), norm, bounds
+
+
+def _output_stats(x, x_adv, adv_logits, norm: str):
+    """Per-example facts about an attack's output that a robust-accuracy number relies on, computed
+    inside the jitted evaluation (no transfer of the examples): finite input and logits, the box,
+    and the perturbation's norm."""
+    flat = (x_adv - x).reshape(x.shape[0], -1).astype(jnp.float32)
+    axes = tuple(range(1, x.ndim))
+    return {
+        "finite": jnp.all(jnp.isfinite(x_adv), axis=axes),
+        "logits_finite": jnp.all(jnp.isfinite(adv_logits), axis=-1),
+        "min": jnp.min(x_adv, axis=axes), "max": jnp.max(x_adv, axis=axes),
+        "norm": (jnp.max(jnp.abs(flat), axis=1) if norm == "linf" else
+                 jnp.sqrt(jnp.sum(flat * flat, axis=1)) if norm == "l2" else
+                 jnp.sum(jnp.abs(flat), axis=1)),
+    }
+
+
+def check_attack_output(name: str, stats: Mapping[str, Any], m: int, eps: Optional[float],
+                        norm: str, bounds: Tuple[float, float], dim: int):
+    """Raises if an attack's output (the first m rows of `_output_stats`) cannot be scored: a
+    non-finite example or logits, a point outside the box [lo, hi] or outside the eps-ball (eps
+    None: no ball). Counting such a point as "broken" (NaN logits argmax to class 0) or as robust
+    would be a silently wrong robust accuracy. Tolerance on the ball: float32 rounding of x + delta,
+    1e-5 eps plus 1e-6 per coordinate's worth of the norm."""
+    s = {k: np.asarray(v)[:m] for k, v in stats.items()}
+    bad = ~s["finite"]
+    if bad.any():
+        raise ValueError(f"attack {name!r} returned non-finite values (NaN or inf) for {bad.sum()} "
+                         f"of {m} examples; this would be scored as a misclassification")
+    bad = ~s["logits_finite"]
+    if bad.any():
+        raise ValueError(f"logits_fn returned non-finite logits on {bad.sum()} of {m} examples "
+                         f"produced by attack {name!r}; their predictions are meaningless")
+    lo, hi = bounds
+    bad = (s["min"] < lo) | (s["max"] > hi)
+    if bad.any():
+        raise ValueError(f"attack {name!r} returned {bad.sum()} of {m} examples outside the box "
+                         f"[{lo}, {hi}] (values in [{s['min'].min()}, {s['max'].max()}])")
+    if eps is not None:
+        per_coord = {"linf": 1.0, "l2": np.sqrt(dim), "l1": float(dim)}.get(norm, float(dim))
+        bound = eps * (1 + 1e-5) + 1e-6 * per_coord * max(1.0, hi - lo)
+        bad = s["norm"] > bound
+        if bad.any():
+            raise ValueError(f"attack {name!r} returned {bad.sum()} of {m} examples outside the "
+                             f"{norm} ball of radius eps={eps} (largest norm {s['norm'].max()})")
+
+
+def check_clean_logits(finite_rows, m: int):
+    """Raises if logits_fn gave non-finite logits on clean inputs (argmax would score NaN rows as
+    class 0)."""
+    bad = ~np.asarray(finite_rows)[:m]
+    if bad.any():
+        raise ValueError(f"logits_fn returned non-finite logits (NaN or inf) on {bad.sum()} of {m} "
+                         f"clean inputs; no accuracy can be computed from them")
 
 
 def _gather_batches(correct: Dict[str, List[np.ndarray]], seconds: Dict[str, float],
@@ -183,7 +285,9 @@ def robust_accuracy(logits_fn: Callable[[jax.Array], jax.Array],
     if not isinstance(attacks, Mapping):
         attacks = dict(attack_from_spec(s) for s in attacks)
     _validation.check_positive_int(batch_size, "batch_size")
-    predict = jax.jit(lambda x: jnp.argmax(logits_fn(x), axis=-1))
+    predict = jax.jit(functools.partial(_clean_predictions, logits_fn))
+    set_stats = jax.jit(lambda x, x_adv, norm: _output_stats(x, x_adv, logits_fn(x_adv), norm),
+                        static_argnums=2)
     set_level = {name: a for name, a in attacks.items() if is_set_level(a)}
     jitted = {name: jax.jit(functools.partial(_attacked_predictions, logits_fn, a))
               for name, a in attacks.items() if name not in set_level}
@@ -194,15 +298,18 @@ def robust_accuracy(logits_fn: Callable[[jax.Array], jax.Array],
         if not (isinstance(data, tuple) and len(data) == 2 and hasattr(data[0], "shape")):
             raise ValueError(f"attacks: {sorted(set_level)} work on a whole evaluation set and need "
                              f"data as (x, y) arrays, not an iterable of batches")
-        xs, ys = np.asarray(data[0])[:limit], np.asarray(data[1])[:limit]
-        _validation.check_batch(logits_fn, jnp.asarray(xs), jnp.asarray(ys.astype(np.int32)))
+        xs, ys = np.asarray(data[0])[:limit], labels_as_int32(np.asarray(data[1])[:limit])
+        _validation.check_batch(logits_fn, jnp.asarray(xs), jnp.asarray(ys))
         set_key = jax.random.fold_in(key, 2**31 - 1)  # distinct from every batch's key
         for j, (name, a) in enumerate(attacks.items()):
             if name in set_level:
                 t0 = time.perf_counter()
-                set_adv[name] = np.asarray(a(logits_fn, jnp.asarray(xs),
-                                             jnp.asarray(ys.astype(np.int32)),
+                set_adv[name] = np.asarray(a(logits_fn, jnp.asarray(xs), jnp.asarray(ys),
                                              key=jax.random.fold_in(set_key, j)))
+                eps, norm, bounds = threat_of(a)
+                check_attack_output(name, set_stats(jnp.asarray(xs), jnp.asarray(set_adv[name]),
+                                                    norm), len(xs), eps, norm, bounds,
+                                    int(np.prod(xs.shape[1:])))
                 set_seconds[name] = time.perf_counter() - t0
     correct = {"clean": []}
     correct.update({name: [] for name in attacks})
@@ -219,12 +326,16 @@ def robust_accuracy(logits_fn: Callable[[jax.Array], jax.Array],
         if b % num_shards != shard_index:  # another process's batch
             n += len(x)
             continue
-        _validation.check_batch(logits_fn, jnp.asarray(x), jnp.asarray(y.astype(np.int32)))
+        y = labels_as_int32(y)
+        _validation.check_batch(logits_fn, jnp.asarray(x), jnp.asarray(y))
         m = len(x)
-        xp, yp = jnp.asarray(_pad(x, batch_size)), jnp.asarray(_pad(y, batch_size).astype(np.int32))
+        dim = int(np.prod(x.shape[1:]))
+        xp, yp = jnp.asarray(_pad(x, batch_size)), jnp.asarray(_pad(y, batch_size))
         valid = jnp.arange(batch_size) < m
         t0 = time.perf_counter()
-        pred = np.asarray(predict(xp))[:m]
+        pred, finite = predict(xp)
+        check_clean_logits(finite, m)
+        pred = np.asarray(pred)[:m]
         seconds["clean"] += time.perf_counter() - t0
         correct["clean"].append(pred == y[:m])
         batch_ids.append(b)
@@ -232,9 +343,12 @@ def robust_accuracy(logits_fn: Callable[[jax.Array], jax.Array],
         for j, name in enumerate(attacks):
             t0 = time.perf_counter()
             if name in set_adv:
-                pred = np.asarray(predict(jnp.asarray(_pad(set_adv[name][n:n + m], batch_size))))
+                pred = np.asarray(predict(jnp.asarray(_pad(set_adv[name][n:n + m], batch_size)))[0])
             else:
-                pred = np.asarray(jitted[name](xp, yp, jax.random.fold_in(kb, j), valid))
+                pred, stats = jitted[name](xp, yp, jax.random.fold_in(kb, j), valid)
+                eps, norm, bounds = threat_of(attacks[name])
+                check_attack_output(name, stats, m, eps, norm, bounds, dim)
+                pred = np.asarray(pred)
             seconds[name] += time.perf_counter() - t0
             correct[name].append(pred[:m] == y[:m])
         n += m
@@ -281,7 +395,7 @@ def attack_report(logits_fn, x: np.ndarray, y: np.ndarray, spec: Mapping[str, An
     from advjax import plots
     label, attack = attack_from_spec(spec)
     n = min(num_images, len(x))
-    xs, ys = jnp.asarray(x[:n]), jnp.asarray(y[:n].astype(np.int32))
+    xs, ys = jnp.asarray(x[:n]), jnp.asarray(labels_as_int32(y[:n]))
     x_adv = np.asarray(attack(logits_fn, xs, ys, key=key))
     pred_clean = np.asarray(jnp.argmax(logits_fn(xs), -1))
     pred_adv = np.asarray(jnp.argmax(logits_fn(jnp.asarray(x_adv)), -1))
