@@ -498,16 +498,40 @@ def evaluate_result(config, state, model, *, limit: Optional[int] = None):
                                         across_processes=jax.process_count() > 1)
 
 
+def autoattack_result(config, state, model, *, limit: Optional[int] = None):
+    """`evaluate.autoattack` of config.eval.autoattack on the test split, or None while its norm is
+    empty. Every process runs the whole cascade (same key, same result)."""
+    aa = config.eval.get("autoattack")
+    if aa is None or not aa.get("norm"):
+        return None
+    test_x, test_y = data_lib.load_numpy(config.data.name, "test", data_dir=config.data.data_dir,
+                                         limit=limit or config.eval.get("limit") or None)
+    return evaluate_lib.autoattack(eval_logits_fn(model, state), (test_x, test_y), norm=aa.norm,
+                                   eps=float(aa.eps), version=aa.get("version", "standard"),
+                                   key=jax.random.PRNGKey(config.seed + 3),
+                                   batch_size=config.eval.batch_size,
+                                   progress=config.train.get("progress", True)
+                                   and jax.process_index() == 0)
+
+
 def evaluate_state(config, state, model, workdir: Optional[str], *, write: bool = True,
                    limit: Optional[int] = None) -> Dict[str, Any]:
-    """Runs config.eval.attacks on the test split; writes eval.json / eval.md to workdir."""
+    """Runs config.eval.attacks (and config.eval.autoattack) on the test split; writes eval.json /
+    eval.md to workdir."""
     res = evaluate_result(config, state, model, limit=limit)
+    aa = autoattack_result(config, state, model, limit=limit)
     out = res.as_dict()
+    if aa is not None:
+        out.update(aa.as_dict())
     if write and workdir is not None and jax.process_index() == 0:  # one writer per run
         with open(os.path.join(workdir, "eval.json"), "w") as f:
             json.dump(out, f, indent=2)
         with open(os.path.join(workdir, "eval.md"), "w") as f:
             f.write(res.markdown(f"{config.objective.name} on {config.data.name} "
                                  f"({config.model.name}), step {int(state.step)}"))
+            if aa is not None:
+                f.write("\n" + aa.markdown())
     out["table"] = res.markdown(f"{config.objective.name} on {config.data.name}")
+    if aa is not None:
+        out["table"] += "\n" + aa.markdown()
     return out
