@@ -621,7 +621,8 @@ def autoattack(logits_fn: Callable[[jax.Array], jax.Array],
 
     Cascade: clean predictions first; then each stage of `autoattack_stages(norm, eps, version)`
     (or `stages`) runs only on the examples that every earlier stage left correctly classified,
-    gathered into full batches of `batch_size` (the last one padded), stage j's batch c with key
+    gathered into full batches of `batch_size` (the last one padded; fewer survivors than that make
+    one batch of their number rounded up to a multiple of 8), stage j's batch c with key
     fold_in(fold_in(key, j), c). Every stage's output is checked like `robust_accuracy`'s (finite,
     in the box, in the eps-ball, finite logits): an error, never a count.
 
@@ -688,16 +689,19 @@ def autoattack(logits_fn: Callable[[jax.Array], jax.Array],
         eps_j, norm_j, bounds_j = threat_of(attack)
         run = jax.jit(functools.partial(_stage_outputs, logits_fn, attack))
         todo = np.flatnonzero(robust)
-        chunks = range(0, len(todo), batch_size)
+        # Every stage compiles its own program, so a stage whose survivors fit in one batch can
+        # use a smaller one (rounded up to a multiple of 8) at no extra compilation.
+        size = min(batch_size, -(-len(todo) // 8) * 8)
+        chunks = range(0, len(todo), size)
         bar = _StageProgress(name, len(chunks), progress)
         t0 = time.perf_counter()
         for c, start in enumerate(chunks):
-            idx = todo[start:start + batch_size]
+            idx = todo[start:start + size]
             m = len(idx)
-            xb = jnp.asarray(_pad(x_all[idx], batch_size))
-            yb = jnp.asarray(_pad(y_all[idx], batch_size))
+            xb = jnp.asarray(_pad(x_all[idx], size))
+            yb = jnp.asarray(_pad(y_all[idx], size))
             kb = jax.random.fold_in(jax.random.fold_in(key, j), c)
-            pred, stats, xb_adv = run(xb, yb, kb, jnp.arange(batch_size) < m)
+            pred, stats, xb_adv = run(xb, yb, kb, jnp.arange(size) < m)
             check_attack_output(name, stats, m, eps_j, norm_j, bounds_j, dim)
             fooled = np.asarray(pred)[:m] != y_all[idx]
             robust[idx[fooled]] = False

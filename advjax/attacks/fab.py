@@ -57,6 +57,40 @@ ALPHA_MAX, ETA, BETA = 0.1, 1.05, 0.9
 # Projection onto a hyperplane inside the box (Sec. 3.1)
 # ------------------------------------------------------------------------------------------------
 
+# Bisection steps for mu: the bracket shrinks to max(b) / 2^40, far below float32 resolution.
+_BISECTION_STEPS = 40
+
+
+def _solve_piecewise_linear(a, b, c):
+    """Per row, the smallest mu >= 0 with sum_i a_i min(mu, b_i) = c (a, b >= 0, c >= 0); the
+    largest b_i where no mu reaches c.
+
+    The left-hand side h is piecewise linear and nondecreasing with breakpoints b_i. Bisection on mu
+    keeps h(lo) < c <= h(hi) until the bracket is below float resolution; on it h is linear,
+    h(mu) = sum_{b_i <= lo} a_i b_i + mu sum_{b_i > lo} a_i, which gives mu exactly. (O(n) per step:
+    XLA's sort, the textbook way to find the segment, costs ~5x more on CPU.)
+    """
+    def h(mu):
+        return jnp.sum(a * jnp.minimum(mu[:, None], b), axis=1)
+
+    top = jnp.max(b, axis=1)
+    feasible = h(top) >= c
+
+    def bisect(_, bracket):
+        lo, hi = bracket
+        mid = 0.5 * (lo + hi)
+        below = h(mid) < c
+        return jnp.where(below, mid, lo), jnp.where(below, hi, mid)
+
+    lo, hi = jax.lax.fori_loop(0, _BISECTION_STEPS, bisect, (jnp.zeros_like(top), top))
+    saturated = b <= lo[:, None]
+    fixed = jnp.sum(jnp.where(saturated, a * b, 0.0), axis=1)
+    slope = jnp.sum(jnp.where(saturated, 0.0, a), axis=1)
+    mu = jnp.clip((c - fixed) / jnp.where(slope > 0, slope, 1.0), lo, hi)
+    mu = jnp.where(feasible, mu, top)
+    return jnp.where(c > 0, mu, 0.0)
+
+
 def project_to_hyperplane(t: jax.Array, w: jax.Array, c: jax.Array, *, norm: str,
                           lo: float = 0.0, hi: float = 1.0) -> jax.Array:
     """Per row of (batch, n) arrays: the d of smallest ||d||_p with c + <w, d> = 0, lo <= t + d <= hi.
@@ -69,17 +103,15 @@ def project_to_hyperplane(t: jax.Array, w: jax.Array, c: jax.Array, *, norm: str
       linf: d_i = -sign(w_i) min(mu, r_i);           mu solves sum_i |w_i| min(mu, r_i) = c,
       l2:   d_i = -sign(w_i) min(mu |w_i|, r_i);     mu solves sum_i w_i^2 min(mu, r_i / |w_i|) = c,
 
-    (the KKT conditions of the two convex problems). The left-hand side, a_i min(mu, b_i) summed, is
-    piecewise linear and nondecreasing in mu; sorting the breakpoints b_i gives its value at each one
-    by cumulative sums, and mu is read off the first segment that reaches c. If even the box corner
-    (mu = max b_i) cannot reach the hyperplane, the corner is returned. Coordinates with w_i = 0 stay.
+    (the KKT conditions of the two convex problems; `_solve_piecewise_linear` finds mu). If even the
+    box corner (the largest mu) cannot reach the hyperplane, the corner is returned. Coordinates with
+    w_i = 0 stay.
     """
     dtype = t.dtype
     sign = jnp.where(c >= 0, 1.0, -1.0).astype(dtype)
     w = w * sign[:, None]
     c = c * sign
-    room = jnp.where(w > 0, t - lo, hi - t)
-    room = jnp.maximum(room, 0.0)
+    room = jnp.maximum(jnp.where(w > 0, t - lo, hi - t), 0.0)
     aw = jnp.abs(w)
     moves = aw > 0
     if norm == "linf":
@@ -90,27 +122,8 @@ def project_to_hyperplane(t: jax.Array, w: jax.Array, c: jax.Array, *, norm: str
         raise ValueError(f"norm must be 'linf' or 'l2' for FAB, got {norm!r}")
     a = jnp.where(moves, a, 0.0)
     b = jnp.where(moves, b, 0.0)
-    order = jnp.argsort(b, axis=1)
-    bs = jnp.take_along_axis(b, order, axis=1)
-    as_ = jnp.take_along_axis(a, order, axis=1)
-    cum_ab = jnp.cumsum(as_ * bs, axis=1)
-    cum_a = jnp.cumsum(as_, axis=1)
-    total = cum_a[:, -1]
-    reached = cum_ab + bs * (total[:, None] - cum_a)  # the left-hand side at each breakpoint
-    hit = reached >= c[:, None]
-    feasible = jnp.any(hit, axis=1)
-    k = jnp.argmax(hit, axis=1)  # first breakpoint at which c is reached
-    prev = jnp.maximum(k - 1, 0)[:, None]
-    ab_before = jnp.where(k > 0, jnp.take_along_axis(cum_ab, prev, axis=1)[:, 0], 0.0)
-    a_before = jnp.where(k > 0, jnp.take_along_axis(cum_a, prev, axis=1)[:, 0], 0.0)
-    slope = total - a_before
-    mu = jnp.where(slope > 0, (c - ab_before) / jnp.where(slope > 0, slope, 1.0), 0.0)
-    mu = jnp.where(feasible, mu, bs[:, -1])
-    mu = jnp.maximum(mu, 0.0)[:, None]
-    if norm == "linf":
-        size = jnp.minimum(mu, room)
-    else:
-        size = jnp.minimum(mu * aw, room)
+    mu = _solve_piecewise_linear(a, b, c)[:, None]
+    size = jnp.minimum(mu, room) if norm == "linf" else jnp.minimum(mu * aw, room)
     return jnp.where(moves, -jnp.sign(w) * size, 0.0).astype(dtype)
 
 
