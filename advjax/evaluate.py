@@ -691,8 +691,8 @@ def autoattack(logits_fn: Callable[[jax.Array], jax.Array],
         todo = np.flatnonzero(robust)
         # Every stage compiles its own program, so a stage whose survivors fit in one batch can
         # use a smaller one (rounded up to a multiple of 8) at no extra compilation.
-        size = min(batch_size, -(-len(todo) // 8) * 8)
-        chunks = range(0, len(todo), size)
+        size = min(batch_size, max(8, -(-len(todo) // 8) * 8))
+        chunks = range(0, len(todo), size)  # empty once nothing is left to attack
         bar = _StageProgress(name, len(chunks), progress)
         t0 = time.perf_counter()
         for c, start in enumerate(chunks):

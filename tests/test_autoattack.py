@@ -391,6 +391,16 @@ def test_autoattack_cascade_counts_and_examples(digits_images):
     json.dumps(d)
 
 
+def test_autoattack_with_nothing_left_to_attack():
+    """Every example misclassified at x: the stages have nothing to run on and report 0."""
+    x, _ = images(0, n=8)
+    always_0 = lambda z: jnp.zeros((z.shape[0], 5)).at[:, 0].set(1.0) + 0.0 * jnp.sum(z)
+    res = evaluate.autoattack(always_0, (np.asarray(x), np.ones(8, np.int32)), norm="linf",
+                              eps=0.1, key=jax.random.PRNGKey(0), batch_size=4, warn=False)
+    assert res.clean == 0.0 and list(res.stages.values()) == [0.0] * 4
+    assert np.all(res.broken_by == 0)
+
+
 def test_autoattack_versions_and_their_published_hyperparameters():
     std = dict(evaluate.autoattack_stages("linf", 0.3, "standard"))
     assert list(std) == ["apgd-ce", "apgd-t", "fab-t", "square"]

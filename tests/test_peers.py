@@ -455,9 +455,10 @@ def test_fab_t_nine_targets_alone_matches_reference(aa_setup):
 
 # Square alone with AutoAttack's settings on these 500 images (measured, robust accuracy in %):
 #   1000 queries, seeds 0 / 1 / 2: reference 69.2 / 69.6 / 69.2, advjax 69.2 / 69.4 / 69.8;
-#   500 queries: see SQUARE_SPREAD.
-# SQUARE_SPREAD is the largest difference between two of the reference's seeds at SQUARE_QUERIES.
-SQUARE_QUERIES, SQUARE_SPREAD = 500, None
+#    500 queries, seeds 0 / 1 / 2: reference 70.4 / 70.4 / 70.6, advjax 70.4 / 70.2 / 70.6.
+# SQUARE_SPREAD is the largest difference between two of the reference's seeds at SQUARE_QUERIES
+# (the tolerance is 1 point, which is larger).
+SQUARE_QUERIES, SQUARE_SPREAD = 500, 0.002
 
 
 def _square_alone(aa_setup, queries, spread):
