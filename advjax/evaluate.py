@@ -8,11 +8,11 @@ an admissible attack), so A_rob <= clean accuracy even when an attack happens to
 into a correct prediction.
 Evaluation runs batch by batch; each attack is compiled once (`jax.jit`) and the last partial batch is
 padded to the batch size (padded rows are masked out of every count), so a whole test set costs one
-compilation per attack. Inputs are validated (finite, in [0, 1], integer labels in range, checked
-before any cast) on the host before the jitted calls, so bad data fails with a clear error even though
-the attacks themselves run traced; so is what comes back (`check_clean_logits`,
-`check_attack_output`): non-finite logits, or an attack output that is non-finite, outside the box or
-outside its eps-ball, is an error rather than a count.
+compilation per attack. Inputs are validated (finite, in each attack's box `bounds`, default [0, 1],
+integer labels in range, checked before any cast) on the host before the jitted calls, so bad data
+fails with a clear error even though the attacks themselves run traced; so is what comes back
+(`check_clean_logits`, `check_attack_output`): non-finite logits, or an attack output that is
+non-finite, outside its box or outside its eps-ball, is an error rather than a count.
 
 `autoattack` runs AutoAttack (Croce & Hein, ICML 2020): its cascade of APGD-CE, APGD-T, FAB-T and
 Square, each on the examples still robust, with AutoAttack's sanity checks.
@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from advjax import attacks as attacks_lib
+from advjax import threat
 from advjax.attacks import _validation
 
 AttackFn = Callable[..., jax.Array]
@@ -169,8 +170,19 @@ def threat_of(attack) -> Tuple[Optional[float], str, Tuple[float, float]]:
     kw = dict(getattr(attack, "keywords", {}) or {})
     eps = kw.get("eps")
     norm = kw.get("norm", _signature_default(attack, "norm", "linf"))
-    bounds = tuple(kw.get("bounds", _signature_default(attack, "bounds", (0.0, 1.0))))
+    bounds = threat.check_bounds(kw.get("bounds", _signature_default(attack, "bounds",
+                                                                    threat.DEFAULT_BOUNDS)))
     return (None if eps is None else float(eps)), norm, bounds
+
+
+def _check_data_batch(logits_fn, x, y, boxes: Sequence[Tuple[float, float]]) -> int:
+    """`_validation.check_batch` of a data batch, with x checked against the box of every attack
+    that will see it (their `bounds`; [0, 1] when there is no attack)."""
+    boxes = list(dict.fromkeys(boxes)) or [threat.DEFAULT_BOUNDS]
+    num_classes = _validation.check_batch(logits_fn, x, y, bounds=boxes[0])
+    for box in boxes[1:]:
+        _validation.check_in_box(x, box)
+    return num_classes
 
 
 def _output_stats(x, x_adv, adv_logits, norm: str):
@@ -267,7 +279,8 @@ def robust_accuracy(logits_fn: Callable[[jax.Array], jax.Array],
     """Clean accuracy, each attack's accuracy and A_rob (ADT Eq. 12), batch by batch.
 
     Args:
-      logits_fn: batch in [0, 1] -> logits (e.g. a Flax apply in inference mode).
+      logits_fn: batch -> logits (e.g. a Flax apply in inference mode); the inputs must lie in the
+        box `bounds` of every attack (default [0, 1]), and so must each attack's outputs.
       data: `(x, y)` arrays, or an iterable of `(x, y)` or `{"image", "label"}` batches.
       attacks: {label: attack} with `attack(logits_fn, x, y, *, key)` (e.g. a functools.partial of
         `advjax.attacks.pgd`), or a list of config specs for `attack_from_spec`.
@@ -294,6 +307,7 @@ def robust_accuracy(logits_fn: Callable[[jax.Array], jax.Array],
     predict = jax.jit(functools.partial(_clean_predictions, logits_fn))
     set_stats = jax.jit(lambda x, x_adv, norm: _output_stats(x, x_adv, logits_fn(x_adv), norm),
                         static_argnums=2)
+    boxes = [threat_of(a)[2] for a in attacks.values()]
     set_level = {name: a for name, a in attacks.items() if is_set_level(a)}
     jitted = {name: jax.jit(functools.partial(_attacked_predictions, logits_fn, a))
               for name, a in attacks.items() if name not in set_level}
@@ -305,7 +319,7 @@ def robust_accuracy(logits_fn: Callable[[jax.Array], jax.Array],
             raise ValueError(f"attacks: {sorted(set_level)} work on a whole evaluation set and need "
                              f"data as (x, y) arrays, not an iterable of batches")
         xs, ys = np.asarray(data[0])[:limit], labels_as_int32(np.asarray(data[1])[:limit])
-        _validation.check_batch(logits_fn, jnp.asarray(xs), jnp.asarray(ys))
+        _check_data_batch(logits_fn, jnp.asarray(xs), jnp.asarray(ys), boxes)
         set_key = jax.random.fold_in(key, 2**31 - 1)  # distinct from every batch's key
         for j, (name, a) in enumerate(attacks.items()):
             if name in set_level:
@@ -333,7 +347,7 @@ def robust_accuracy(logits_fn: Callable[[jax.Array], jax.Array],
             n += len(x)
             continue
         y = labels_as_int32(y)
-        _validation.check_batch(logits_fn, jnp.asarray(x), jnp.asarray(y))
+        _check_data_batch(logits_fn, jnp.asarray(x), jnp.asarray(y), boxes)
         m = len(x)
         dim = int(np.prod(x.shape[1:]))
         xp, yp = jnp.asarray(_pad(x, batch_size)), jnp.asarray(_pad(y, batch_size))
@@ -428,8 +442,8 @@ _NON_APGD_STAGES = ("fab", "fab-t", "square")
 
 
 def autoattack_stages(norm: str, eps: float, version: str = "standard", *, num_classes: int = 10,
-                      steps: int = 100, n_queries: int = 5000,
-                      num_target_classes: int = 9) -> List[Tuple[str, AttackFn]]:
+                      steps: int = 100, n_queries: int = 5000, num_target_classes: int = 9,
+                      bounds: threat.Bounds = threat.DEFAULT_BOUNDS) -> List[Tuple[str, AttackFn]]:
     """The attacks of an AutoAttack version, in cascade order, as (label, attack) pairs.
 
     With the hyperparameters of the reference implementation (`pyautoattack`, AutoAttack's
@@ -441,6 +455,7 @@ def autoattack_stages(norm: str, eps: float, version: str = "standard", *, num_c
       rand:     apgd-ce and apgd-dlr with EoT over 20 draws (for randomized defences).
     APGD and FAB run 100 iterations (`steps`); Square uses its "autoattack" variant (the
     reference's batch-shared windows). The target count is min(num_target_classes, classes - 1).
+    Every stage works in the box `bounds` = (lo, hi).
     """
     if norm not in ("linf", "l2"):
         raise ValueError(f"norm must be 'linf' or 'l2' for AutoAttack, got {norm!r}")
@@ -451,16 +466,19 @@ def autoattack_stages(norm: str, eps: float, version: str = "standard", *, num_c
             'version="rand" needs APGD with EoT over a randomized logits_fn (gradients averaged '
             "over 20 draws), which advjax.attacks.apgd does not have yet")
     targets = max(1, min(num_target_classes, num_classes - 1))
+    bounds = threat.check_bounds(bounds)
     p = functools.partial
     apgd_ce = lambda restarts: p(attacks_lib.apgd, eps=eps, norm=norm, steps=steps, loss="ce",
-                                 restarts=restarts)
-    apgd_dlr = p(attacks_lib.apgd, eps=eps, norm=norm, steps=steps, loss="dlr", restarts=5)
-    apgd_t = p(attacks_lib.apgd_t, eps=eps, norm=norm, steps=steps, num_target_classes=targets)
+                                 restarts=restarts, bounds=bounds)
+    apgd_dlr = p(attacks_lib.apgd, eps=eps, norm=norm, steps=steps, loss="dlr", restarts=5,
+                 bounds=bounds)
+    apgd_t = p(attacks_lib.apgd_t, eps=eps, norm=norm, steps=steps, num_target_classes=targets,
+               bounds=bounds)
     fab_t = p(attacks_lib.fab, eps=eps, norm=norm, steps=steps, targeted=True,
-              num_target_classes=targets)
-    fab = p(attacks_lib.fab, eps=eps, norm=norm, steps=steps, restarts=5)
+              num_target_classes=targets, bounds=bounds)
+    fab = p(attacks_lib.fab, eps=eps, norm=norm, steps=steps, restarts=5, bounds=bounds)
     square = p(attacks_lib.square, eps=eps, norm=norm, n_queries=n_queries, p_init=0.8,
-               rescale_schedule=False, variant="autoattack")
+               rescale_schedule=False, variant="autoattack", bounds=bounds)
     if version == "standard":
         return [("apgd-ce", apgd_ce(1)), ("apgd-t", apgd_t), ("fab-t", fab_t), ("square", square)]
     return [("apgd-ce", apgd_ce(5)), ("apgd-dlr", apgd_dlr), ("fab", fab), ("square", square),
@@ -616,7 +634,7 @@ def autoattack(logits_fn: Callable[[jax.Array], jax.Array],
                version: str = "standard", key: jax.Array, batch_size: int = 256,
                limit: Optional[int] = None, return_examples: bool = False,
                progress: bool = False, stages: Optional[Sequence[Tuple[str, AttackFn]]] = None,
-               warn: bool = True) -> AutoAttackResult:
+               warn: bool = True, bounds: threat.Bounds = threat.DEFAULT_BOUNDS) -> AutoAttackResult:
     """AutoAttack (Croce & Hein, ICML 2020) on `data`: its cascade of attacks and sanity checks.
 
     Cascade: clean predictions first; then each stage of `autoattack_stages(norm, eps, version)`
@@ -639,11 +657,13 @@ def autoattack(logits_fn: Callable[[jax.Array], jax.Array],
         accuracy).
 
     Args:
-      data: (x, y) arrays or an iterable of (x, y) / {"image", "label"} batches, x in [0, 1].
+      data: (x, y) arrays or an iterable of (x, y) / {"image", "label"} batches, x in the box.
       norm, eps: the threat model ("linf" or "l2").
       version: "standard", "plus" (or "rand", not yet available).
       return_examples: also return the adversarial examples (x where no stage succeeded).
       progress: a progress bar (tqdm, else printed lines) over the batches of each stage.
+      stages: (label, attack) pairs to run instead of the version's (each checked in its own box).
+      bounds: the valid-input box (lo, hi) of the data and of every stage (default (0, 1)).
     """
     _validation.check_positive_int(batch_size, "batch_size")
     _validation.check_nonnegative(eps, "eps")
@@ -654,8 +674,10 @@ def autoattack(logits_fn: Callable[[jax.Array], jax.Array],
     n = len(x_all)
     num_classes = int(jax.eval_shape(logits_fn, jax.ShapeDtypeStruct(
         (batch_size,) + x_all.shape[1:], x_all.dtype)).shape[-1])
+    bounds = threat.check_bounds(bounds)
     if stages is None:
-        stages = autoattack_stages(norm, float(eps), version, num_classes=num_classes)
+        stages = autoattack_stages(norm, float(eps), version, num_classes=num_classes,
+                                   bounds=bounds)
     stages = list(stages)
     dim = int(np.prod(x_all.shape[1:]))
     seconds: Dict[str, float] = {"clean": 0.0}
@@ -668,7 +690,8 @@ def autoattack(logits_fn: Callable[[jax.Array], jax.Array],
     for start in range(0, n, batch_size):
         xb, yb = x_all[start:start + batch_size], y_all[start:start + batch_size]
         m = len(xb)
-        _validation.check_batch(logits_fn, jnp.asarray(xb), jnp.asarray(yb))
+        _check_data_batch(logits_fn, jnp.asarray(xb), jnp.asarray(yb),
+                          [bounds] + [threat_of(a)[2] for _, a in stages])
         pred, finite, zero = clean_fn(jnp.asarray(_pad(xb, batch_size)),
                                       jnp.asarray(_pad(yb, batch_size)))
         check_clean_logits(finite, m)

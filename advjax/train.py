@@ -2,59 +2,88 @@
 
 Knows nothing about any particular method: the config names an objective (`advjax.objectives`), a model
 (`advjax.models`) and a dataset (`advjax.data`). One step is the pure `train_step(state, batch)`,
-run data-parallel over the local devices with `jax.pmap`:
+written for the whole global batch and compiled once with `jax.jit` over a one-axis device mesh
+(GSPMD data parallelism):
 
-  * the global batch (config.train.batch_size) is split evenly over processes and local devices;
-  * gradients, metrics and the floating-point objective state are averaged across devices (`pmean`),
-    and batch norm computes its statistics over the global batch (models get `bn_axis_name`), so a
-    run on N devices follows the same trajectory as one device with the same global batch;
-  * every device has its own PRNG stream: key = fold_in(fold_in(PRNGKey(seed), step), device).
+  * the global batch (config.train.batch_size) is split evenly over processes and devices (each
+    device holds a slice of the batch axis; the state is replicated);
+  * the step is the one-device program, partitioned by XLA: gradients, metrics and the objective's
+    state are means over the global batch, batch norm computes its statistics over the global batch,
+    and batch-level terms see the whole batch;
+  * randomness is drawn for the global batch from one key per step, fold_in(fold_in(PRNGKey(seed),
+    step), 0), with JAX's partitionable Threefry (`jax_threefry_partitionable`, on by default): the
+    noise of example i is a function of (key, i, the draw's shape) whatever the number of devices,
+    and each device computes only its own rows. So random starts, dropout masks and sampled
+    attacks are per example and the same on 1 or N devices, and N devices follow the one-device
+    trajectory for every objective (tested with random starts and dropout, up to float rounding).
 
 Keys and the data order are pure functions of (seed, step), so a run killed at any point and restarted
 with the same command resumes from its last checkpoint (orbax) and ends with the same parameters as an
-uninterrupted run. A non-finite loss or gradient leaves the state untouched and stops the run with a
-FloatingPointError naming the step; the checkpoints written before it are intact.
+uninterrupted run. Guards stop a run that cannot be a result, keeping its checkpoints:
+  * a non-finite loss or gradient leaves the state untouched and stops the run with a
+    FloatingPointError naming the step;
+  * the collapse guard (`CollapseGuard`, config.train.collapse_*) stops a run whose model predicts
+    one class, or is at chance, over a window after warm-up, with a TrainingCollapsedError;
+  * SIGTERM / SIGINT (preemption, Ctrl-C) finish the step, write the pending metrics row and a
+    checkpoint, and raise `preemption.Preempted` (`advjax train` exits with status 75).
+The workdir is locked for one writer and bound to its config (`advjax.workdir`); metrics.jsonl is
+append-only; a checkpoint that cannot be restored is set aside and the newest one that loads is used.
 
 Multi-host (`advjax.distributed`, config.distributed): each process reads its own slice of every
-global batch (`data.batches(num_shards=process_count, shard_index=process_index)`) and the pmap spans
-the devices of all processes, so `axis_index` is the global device index and N processes follow the
-trajectory of one process with all the devices. Every process logs; process 0 writes metrics,
-config.json and eval files; every process takes part in orbax's checkpoint saves and restores.
+global batch (`data.batches(num_shards=process_count, shard_index=process_index)`) and the mesh spans
+the devices of all processes, so N processes follow the trajectory of one process with all the
+devices. Every process logs; process 0 writes metrics, config.json and eval files; every process
+takes part in orbax's checkpoint saves and restores.
 
 Outputs in `workdir`: checkpoints/, metrics.jsonl (one JSON object per logged step), tb/ (TensorBoard
-event files), eval.json and eval.md (the final evaluation table).
+event files), config.json, eval.json and eval.md (the final evaluation table; eval.n<N>.* when only
+the first N test examples are evaluated).
 """
 
 from __future__ import annotations
 
 import functools
 import json
-import math
 import os
 import sys
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from flax import jax_utils, struct
+from flax import struct
 from flax.training import train_state
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from advjax import config as config_lib
 from advjax import data as data_lib
 from advjax import evaluate as evaluate_lib
 from advjax import models as models_lib
 from advjax import objectives as objectives_lib
+from advjax import preemption
+from advjax import workdir as workdir_lib
 
 AXIS = "batch"
+CHECKPOINTS = "checkpoints"
+DAMAGED_CHECKPOINTS = "checkpoints.damaged"
 
 
 class TrainState(train_state.TrainState):
     """Flax TrainState plus the model's non-parameter collections and the objective's state."""
     model_state: Any = struct.field(default_factory=dict)
     method_state: Any = struct.field(default_factory=dict)
+
+
+class ConfigError(ValueError):
+    """The config cannot run: an unknown key, a value out of range, an unknown attack or model
+    field, a wrong objective hyperparameter. Raised before any data is loaded or step compiled."""
+
+
+class TrainingCollapsedError(RuntimeError):
+    """The collapse guard stopped the run: its model is not a result (see `CollapseGuard`)."""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -67,7 +96,11 @@ def _kwargs(cfg: ml_collections.ConfigDict, drop=("name",)) -> Dict[str, Any]:
 
 
 def make_model(config, num_classes: int, *, bn_axis_name: Optional[str] = None):
-    """The Flax module named by config.model (extra fields are the module's attributes)."""
+    """The Flax module named by config.model (extra fields are the module's attributes).
+
+    The training loop passes no bn_axis_name: its step is written for the global batch, so batch
+    norm already sees every example; bn_axis_name is for callers that pmap or shard_map a step.
+    """
     kw = _kwargs(config.model)
     kw.setdefault("num_classes", num_classes)
     if bn_axis_name is not None and "bn_axis_name" in models_lib.model_fields(config.model.name):
@@ -129,6 +162,33 @@ def create_train_state(model, objective, tx, key, input_shape) -> TrainState:
                              method_state=objective.init_method_state(jax.random.fold_in(key, 1)))
 
 
+def _num_classes(config) -> int:
+    return data_lib.dataset_info(config.data.name)["num_classes"]
+
+
+def validate(config) -> None:
+    """Checks everything about `config` that can be checked without data or compilation.
+
+    Unknown keys and out-of-range train / eval values (`config.check_config`), the model's fields,
+    the objective's hyperparameters (names and values, by building it), the optimizer and schedule,
+    and every attack spec of config.eval.attacks (`evaluate.attack_from_spec`: names and keywords;
+    labels must be unique). Raises ConfigError naming what is wrong.
+    """
+    try:
+        config_lib.check_config(config)
+        num_classes = _num_classes(config)
+        model = make_model(config, num_classes)
+        objectives_lib.make_objective(config.objective.name, model.apply, _kwargs(config.objective))
+        make_optimizer(config.optim, 1, config.train.epochs)
+        labels = [evaluate_lib.attack_from_spec(dict(spec))[0] for spec in config.eval.attacks]
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
+        raise ConfigError(str(e).strip("'\"")) from e
+    duplicates = sorted({l for l in labels if labels.count(l) > 1})
+    if duplicates:
+        raise ConfigError(f"config.eval.attacks: labels {duplicates} are used more than once; "
+                          f"give each spec its own 'label'")
+
+
 # ------------------------------------------------------------------------------------------------
 # The step
 # ------------------------------------------------------------------------------------------------
@@ -139,55 +199,132 @@ def _all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
-def _pmean_floats(tree, axis_name):
-    return jax.tree_util.tree_map(
-        lambda x: jax.lax.pmean(x, axis_name) if jnp.issubdtype(x.dtype, jnp.inexact) else x, tree)
+def step_key(base_key: jax.Array, step) -> jax.Array:
+    """The key of one step, shared by the whole global batch (the trailing fold_in(., 0) keeps the
+    streams of earlier one-device runs, whose only device had index 0)."""
+    return jax.random.fold_in(jax.random.fold_in(base_key, step), 0)
+
+
+def prediction_probe(state: TrainState, batch: Dict[str, jax.Array]) -> Dict[str, jax.Array]:
+    """What the collapse guard watches, on the clean batch in evaluation mode (before the update):
+    probe_acc = mean_i 1[argmax f(x_i) = y_i], probe_top_class = max_c mean_i 1[argmax f(x_i) = c]."""
+    logits = state.apply_fn({"params": state.params, **state.model_state}, batch["image"],
+                            train=False)
+    pred = jnp.argmax(logits, axis=-1)
+    counts = jnp.sum(jax.nn.one_hot(pred, logits.shape[-1], dtype=jnp.float32), axis=0)
+    return {"probe_acc": jnp.mean((pred == batch["label"]).astype(jnp.float32)),
+            "probe_top_class": jnp.max(counts) / pred.shape[0]}
 
 
 def train_step(state: TrainState, batch: Dict[str, jax.Array], *, objective, base_key,
-               axis_name: str = AXIS):
-    """One data-parallel step (run under pmap with `axis_name`). Returns (new_state, metrics).
+               probe_every: int = 0):
+    """One step on the global batch. Returns (new_state, metrics).
 
     A non-finite loss or gradient leaves the state unchanged and reports metrics["finite"] = 0.
+    With probe_every > 0, the steps before a multiple of probe_every (those whose metrics are
+    logged) also report `prediction_probe`; the other steps report zeros there.
     """
-    key = jax.random.fold_in(jax.random.fold_in(base_key, state.step),
-                             jax.lax.axis_index(axis_name))
+    key = step_key(base_key, state.step)
     obj_state = {"model": state.model_state, "method": state.method_state}
 
     def loss_fn(params):
         return objective(params, obj_state, batch, key)
 
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    grads = jax.lax.pmean(grads, axis_name)
-    new_obj_state = _pmean_floats(aux["state"], axis_name)
-    metrics = jax.lax.pmean(aux["metrics"], axis_name)
+    metrics = dict(aux["metrics"])
     finite = _all_finite(metrics["loss"]) & _all_finite(grads)
-    new_state = state.apply_gradients(grads=grads, model_state=new_obj_state["model"],
-                                      method_state=new_obj_state["method"])
+    new_state = state.apply_gradients(grads=grads, model_state=aux["state"]["model"],
+                                      method_state=aux["state"]["method"])
     new_state = jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new_state, state)
-    metrics = dict(metrics, finite=finite.astype(jnp.float32),
-                   grad_norm=optax.tree.norm(grads))
+    metrics.update(finite=finite.astype(jnp.float32), grad_norm=optax.tree.norm(grads))
+    if probe_every:
+        zeros = {"probe_acc": jnp.zeros(()), "probe_top_class": jnp.zeros(())}
+        metrics.update(jax.lax.cond((state.step + 1) % probe_every == 0,
+                                    lambda: prediction_probe(state, batch), lambda: zeros))
     return new_state, metrics
+
+
+# ------------------------------------------------------------------------------------------------
+# Data parallelism: one mesh axis over the devices of all processes
+# ------------------------------------------------------------------------------------------------
+
+def make_mesh(devices) -> Mesh:
+    """A one-axis mesh (AXIS) over `devices`, ordered by process, then device id, so that process p's
+    devices hold the p-th slice of every global batch (the slice it reads)."""
+    ordered = sorted(devices, key=lambda d: (d.process_index, d.id))
+    return Mesh(np.array(ordered), (AXIS,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def batch_sharded(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec(AXIS))
+
+
+def replicate(tree, mesh: Mesh):
+    """Host arrays (identical on every process) -> global arrays replicated on every mesh device."""
+    sharding = replicated(mesh)
+
+    def put(x):
+        x = np.asarray(x)
+        return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+    return jax.tree_util.tree_map(put, tree)
+
+
+def shard_batch(batch: Dict[str, np.ndarray], mesh: Mesh):
+    """This process's slice of the global batch -> global arrays split over the batch axis."""
+    sharding = batch_sharded(mesh)
+    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+            for k, v in batch.items()}
+
+
+def host_copy(tree):
+    """A replicated global pytree (state or metrics) as NumPy arrays on this host."""
+    return jax.tree_util.tree_map(lambda a: np.asarray(a.addressable_data(0)), tree)
+
+
+def compile_step(objective, base_key, mesh: Mesh, *, probe_every: int = 0):
+    """`train_step` jitted for `mesh`: (replicated state, batch-sharded batch) -> (state, metrics);
+    the input state is donated."""
+    step = functools.partial(train_step, objective=objective, base_key=base_key,
+                             probe_every=probe_every)
+    rep = replicated(mesh)
+    return jax.jit(step, in_shardings=(rep, batch_sharded(mesh)), out_shardings=(rep, rep),
+                   donate_argnums=(0,))
 
 
 # ------------------------------------------------------------------------------------------------
 # Checkpoints
 # ------------------------------------------------------------------------------------------------
 
+class CheckpointError(RuntimeError):
+    """No checkpoint in the directory could be restored (each step's error is in the message)."""
+
+
 class Checkpointer:
     """Orbax CheckpointManager over the state's pytree (params, opt_state, model/method state, step).
 
     Orbax writes each checkpoint to a temporary directory and renames it when complete, so a process
-    killed mid-save leaves the previous checkpoints intact. In a multi-process run every process
-    calls `save` and `restore` (orbax synchronizes them and process 0 writes the replicated host
-    arrays); the directory must be on a file system all processes share.
+    killed mid-save leaves the previous checkpoints intact. `restore` tries the newest checkpoint
+    first and falls back to older ones when one cannot be read (a truncated or overwritten file, a
+    missing _METADATA), warning with the step it skipped; with `set_aside=True` (training) the
+    unreadable ones are moved to ../checkpoints.damaged/ (never deleted) once an older one loads. In
+    a multi-process run every process calls `save` and `restore` (orbax synchronizes them and
+    process 0 writes the replicated host arrays); the directory must be on a shared file system.
     """
 
     def __init__(self, directory: str, *, max_to_keep: int = 3):
         import orbax.checkpoint as ocp
+        if max_to_keep < 1:
+            raise ValueError(f"keep_checkpoints must be >= 1, got {max_to_keep} (0 would delete every "
+                             f"checkpoint, the trained model included)")
         self._ocp = ocp
+        self.directory = os.path.abspath(directory)
         self.manager = ocp.CheckpointManager(
-            os.path.abspath(directory),
+            self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
                                                  enable_async_checkpointing=False))
 
@@ -206,10 +343,45 @@ class Checkpointer:
         self.manager.save(step, args=self._ocp.args.StandardSave(self._tree(state)), force=force)
         self.manager.wait_until_finished()
 
-    def restore(self, state: TrainState, step: Optional[int] = None) -> TrainState:
-        step = self.manager.latest_step() if step is None else step
-        tree = self.manager.restore(step, args=self._ocp.args.StandardRestore(self._tree(state)))
-        return state.replace(**tree)
+    def restore(self, state: TrainState, step: Optional[int] = None, *,
+                set_aside: bool = False) -> TrainState:
+        """`state` with the values of checkpoint `step` (default: the newest one that loads)."""
+        steps = [step] if step is not None else sorted(self.manager.all_steps(), reverse=True)
+        failed: List[Tuple[int, BaseException]] = []
+        for s in steps:
+            try:
+                tree = self.manager.restore(s, args=self._ocp.args.StandardRestore(self._tree(state)))
+            except Exception as e:  # orbax / tensorstore raise many types for unreadable files
+                failed.append((s, e))
+                continue
+            for bad, err in failed:
+                first = (str(err).strip().splitlines() or [""])[0][:200]
+                print(f"advjax: warning: checkpoint at step {bad} in {self.directory} cannot be "
+                      f"restored ({type(err).__name__}: {first}); using step {s}", file=sys.stderr,
+                      flush=True)
+            if failed and set_aside:
+                self._set_aside([bad for bad, _ in failed])
+            return state.replace(**tree)
+        raise CheckpointError(
+            f"no checkpoint in {self.directory} can be restored into this run's state; if the "
+            f"config changed (model, optimizer, objective), that is why. Errors:\n" + "\n".join(
+                f"  step {s}: {type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:300]}"
+                for s, e in failed))
+
+    def _set_aside(self, steps) -> None:
+        """Moves unreadable step directories to <workdir>/checkpoints.damaged/ (process 0 only)."""
+        from advjax import distributed
+        distributed.sync("advjax-restore-done")
+        if jax.process_index() == 0:
+            damaged = os.path.join(os.path.dirname(self.directory), DAMAGED_CHECKPOINTS)
+            os.makedirs(damaged, exist_ok=True)
+            for s in steps:
+                target = os.path.join(damaged, f"{s}-{time.strftime('%Y%m%d-%H%M%S')}")
+                os.replace(os.path.join(self.directory, str(s)), target)
+                print(f"advjax: warning: moved the unreadable checkpoint at step {s} to {target}",
+                      file=sys.stderr, flush=True)
+        distributed.sync("advjax-set-aside-done")
+        self.manager.reload()
 
     def close(self):
         self.manager.close()
@@ -220,28 +392,23 @@ class Checkpointer:
 # ------------------------------------------------------------------------------------------------
 
 class MetricsWriter:
-    """metrics.jsonl plus TensorBoard event files (tensorboardX) in the workdir; process 0 writes."""
+    """metrics.jsonl (`workdir.MetricsLog`: append-only) plus TensorBoard event files (tensorboardX)
+    in the workdir; process 0 writes."""
 
     def __init__(self, workdir: str, *, enabled: bool = True, resume_step: int = 0):
         self.enabled = enabled
-        self.path = os.path.join(workdir, "metrics.jsonl")
+        self.path = os.path.join(workdir, workdir_lib.METRICS_FILE)
         self.tb = None
         if not enabled:
             return
-        if os.path.exists(self.path):
-            # Drop entries past the step we resume from: they will be recomputed identically.
-            with open(self.path) as f:
-                kept = [l for l in f if l.strip() and json.loads(l).get("step", 0) <= resume_step]
-            with open(self.path, "w") as f:
-                f.writelines(kept)
+        self.log = workdir_lib.MetricsLog(self.path, resume_step=resume_step)
         from tensorboardX import SummaryWriter
         self.tb = SummaryWriter(os.path.join(workdir, "tb"))
 
     def write(self, step: int, scalars: Dict[str, float]):
         if not self.enabled:
             return
-        with open(self.path, "a") as f:
-            f.write(json.dumps({"step": step, **scalars}) + "\n")
+        self.log.append({"step": step, **scalars})
         for k, v in scalars.items():
             self.tb.add_scalar(k, v, step)
         self.tb.flush()
@@ -275,20 +442,73 @@ class _Progress:
 
 
 # ------------------------------------------------------------------------------------------------
+# Guards
+# ------------------------------------------------------------------------------------------------
+
+class CollapseGuard:
+    """Stops a run whose model has collapsed to a constant or chance-level predictor.
+
+    Watches `prediction_probe` (evaluation mode, clean training batch, every log_every steps). From
+    step warmup_steps + window_steps on, at each probe it averages the probes of the last
+    window_steps steps and reports a collapse when
+
+        mean probe_top_class >= top_class      (one class takes (almost) all predictions), or
+        mean probe_acc <= 1 / num_classes + acc_margin      (accuracy at chance).
+
+    Averaging over the window (several batches) keeps one unlucky batch from stopping a run. The
+    window starts afresh when a run resumes. config.train: collapse_guard (on/off),
+    collapse_warmup_epochs, collapse_window_epochs, collapse_top_class, collapse_acc_margin.
+    """
+
+    def __init__(self, num_classes: int, *, warmup_steps: int, window_steps: int,
+                 top_class: float = 0.9, acc_margin: float = 0.02, enabled: bool = True):
+        self.num_classes = num_classes
+        self.warmup_steps, self.window_steps = warmup_steps, max(window_steps, 1)
+        self.top_class, self.acc_margin, self.enabled = top_class, acc_margin, enabled
+        self.probes: List[Tuple[int, float, float]] = []
+
+    @classmethod
+    def from_config(cls, config, num_classes: int, steps_per_epoch: int) -> "CollapseGuard":
+        t = config.train
+        return cls(num_classes,
+                   warmup_steps=int(round(t.collapse_warmup_epochs * steps_per_epoch)),
+                   window_steps=max(int(round(t.collapse_window_epochs * steps_per_epoch)),
+                                    t.log_every),
+                   top_class=t.collapse_top_class, acc_margin=t.collapse_acc_margin,
+                   enabled=bool(t.collapse_guard))
+
+    def observe(self, step: int, acc: float, top_class: float) -> Optional[str]:
+        """Records the probe of `step`; returns a description of the collapse, or None."""
+        if not self.enabled:
+            return None
+        self.probes = [p for p in self.probes if p[0] > step - self.window_steps]
+        self.probes.append((step, float(acc), float(top_class)))
+        if step < self.warmup_steps + self.window_steps:
+            return None
+        mean_acc = float(np.mean([p[1] for p in self.probes]))
+        mean_top = float(np.mean([p[2] for p in self.probes]))
+        chance = 1.0 / self.num_classes
+        span = f"over steps {self.probes[0][0]}-{step} ({len(self.probes)} probes)"
+        if mean_top >= self.top_class:
+            return (f"one class takes {100 * mean_top:.1f}% of the predictions {span} "
+                    f"(limit train.collapse_top_class={self.top_class})")
+        if mean_acc <= chance + self.acc_margin:
+            return (f"training accuracy {100 * mean_acc:.1f}% {span} is at chance "
+                    f"({100 * chance:.1f}% + train.collapse_acc_margin={self.acc_margin})")
+        return None
+
+
+# ------------------------------------------------------------------------------------------------
 # The loop
 # ------------------------------------------------------------------------------------------------
 
-def _unreplicate(rstate):
-    """The first device's copy of a replicated pytree (state or metrics), on the host."""
-    return jax.device_get(jax.tree_util.tree_map(lambda a: a[0], rstate))
-
-
-def _end_of_epoch(rstate, objective, devices):
-    """Runs the objective's epoch hook on the method state (identical on every device after the
-    step's pmean) and replicates the result back."""
-    state = jax.tree_util.tree_map(lambda a: a[0], rstate)
+def _end_of_epoch(rstate, objective, mesh):
+    """Runs the objective's epoch hook on the (replicated) method state and replicates the result."""
+    if objective.end_of_epoch is None:
+        return rstate
+    state = host_copy(rstate)
     state = state.replace(method_state=objective.end_of_epoch(state.method_state))
-    return jax_utils.replicate(state, devices)
+    return replicate(state, mesh)
 
 
 def _devices(config):
@@ -299,20 +519,14 @@ def _devices(config):
     return devices[:n]
 
 
-def _pmap_devices(devices):
-    """The device list for `jax.pmap`: the local devices in a single-process run; in a multi-process
-    run every process must pass the same global list (process 0's devices, then process 1's, ...),
-    so the mapped axis spans all processes and `axis_index` is the global device index."""
+def _mesh_devices(devices):
+    """The mesh's devices: the local ones in a single-process run; in a multi-process run every
+    process's devices (all processes must use all their local devices)."""
     if jax.process_count() == 1:
         return devices
     if list(devices) != list(jax.local_devices()):
         raise ValueError("train.num_devices must be 0 (all local devices) in a multi-process run")
-    global_devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
-    return global_devices
-
-
-def _shard(batch, n_dev):
-    return {k: v.reshape((n_dev, v.shape[0] // n_dev) + v.shape[1:]) for k, v in batch.items()}
+    return jax.devices()
 
 
 def build(config, *, devices=None):
@@ -333,137 +547,260 @@ def build(config, *, devices=None):
                                            drop_remainder=True)
     if steps_per_epoch == 0:
         raise ValueError(f"train.batch_size={gbs} exceeds the {len(train_x)} training examples")
-    model = make_model(config, info["num_classes"], bn_axis_name=AXIS)
-    eval_model = make_model(config, info["num_classes"])
+    model = make_model(config, info["num_classes"])
     objective = objectives_lib.make_objective(config.objective.name, model.apply,
                                               _kwargs(config.objective))
     tx, sched = make_optimizer(config.optim, steps_per_epoch, config.train.epochs)
     return dict(devices=devices, info=info, train=(train_x, train_y), model=model,
-                eval_model=eval_model, objective=objective, tx=tx, schedule=sched,
+                eval_model=model, objective=objective, tx=tx, schedule=sched,
                 steps_per_epoch=steps_per_epoch)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
-    """Trains the configured objective, checkpointing to `workdir`, then evaluates the result.
+class _Run:
+    """Bookkeeping of one training run between steps: the pending step's metrics (read one step
+    late, so that dispatch stays asynchronous), the guards, metrics rows and checkpoints."""
 
-    Restarting with the same config and workdir resumes from the latest checkpoint. Returns the final
-    evaluation (`RobustAccuracy.as_dict()`) plus "train_seconds".
-    """
-    os.makedirs(workdir, exist_ok=True)
-    b = build(config)
-    devices, n_dev = b["devices"], len(b["devices"])
-    is_lead = jax.process_index() == 0
-    steps_per_epoch, epochs = b["steps_per_epoch"], config.train.epochs
-    total_steps = steps_per_epoch * epochs
-    key = jax.random.PRNGKey(config.seed)
-    init_key, base_key = jax.random.split(key)
-    state = create_train_state(b["model"], b["objective"], b["tx"], init_key,
-                               b["info"]["shape"])
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"),
-                        max_to_keep=config.train.get("keep_checkpoints", 3))
-    if ckpt.latest_step() is not None:
-        state = ckpt.restore(state)
-        print(f"Resumed from checkpoint at step {int(state.step)} in {workdir}", flush=True)
-    start_step = int(state.step)
-    if is_lead:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
-    if jax.process_count() > 1:
-        print(f"process {jax.process_index()} of {jax.process_count()}: {n_dev} local devices, "
-              f"{config.train.batch_size // jax.process_count()} examples per step from data shard "
-              f"{jax.process_index()}, starting at step {start_step}", flush=True)
+    def __init__(self, config, b, workdir, ckpt, writer, start_step):
+        self.config, self.b, self.workdir, self.ckpt, self.writer = config, b, workdir, ckpt, writer
+        self.steps_per_epoch = b["steps_per_epoch"]
+        self.total_steps = self.steps_per_epoch * config.train.epochs
+        self.log_every = config.train.log_every
+        self.guard = CollapseGuard.from_config(config, b["info"]["num_classes"],
+                                               self.steps_per_epoch)
+        self.pending = None
+        self.progress: Optional[_Progress] = None
+        self.t_window, self.imgs_window = time.perf_counter(), 0
 
-    p_step = jax.pmap(functools.partial(train_step, objective=b["objective"], base_key=base_key),
-                      axis_name=AXIS, devices=_pmap_devices(devices), donate_argnums=(0,))
-    rstate = jax_utils.replicate(state, devices)
-    writer = MetricsWriter(workdir, enabled=is_lead, resume_step=start_step)
-    local_bs = config.train.batch_size // jax.process_count()
-    log_every = config.train.get("log_every", 50)
-    ckpt_every = config.train.get("checkpoint_every_steps", 0)
-    progress = _Progress(total_steps, start_step, config.train.get("progress", True) and is_lead,
-                         config.objective.name)
-    train_x, train_y = b["train"]
-    t_start = time.perf_counter()
-    t_window, imgs_window = time.perf_counter(), 0
-    pending = None  # (step, metrics) of the previous step, checked one step late to keep dispatch async
+    def after_step(self, step: int, metrics) -> None:
+        """Called right after step `step` is dispatched: reads the previous step's metrics."""
+        self.flush()
+        self.pending = (step, metrics)
+        self.imgs_window += self.config.train.batch_size
 
-    def check(pending_item):
-        s, m = pending_item
-        m = _unreplicate(m)
-        if not m["finite"]:
-            last = ckpt.latest_step()
-            raise FloatingPointError(
-                f"non-finite loss or gradient at step {s} (loss={m['loss']}); the state was not "
-                f"updated. Last good checkpoint: step {last} in {os.path.join(workdir, 'checkpoints')}")
-        return m
-
-    def log(pending_item, m, epoch):
-        nonlocal t_window, imgs_window
-        s = pending_item[0]
-        if s % log_every and s != total_steps:
+    def flush(self) -> None:
+        """Reads the pending step's metrics: NaN guard, its metrics row if due, collapse guard."""
+        if self.pending is None:
             return
-        now = time.perf_counter()
-        ips = imgs_window / max(now - t_window, 1e-9)
-        t_window, imgs_window = now, 0
-        scalars = {k: float(v) for k, v in m.items() if k != "finite"}
-        scalars["lr"] = float(b["schedule"](s - 1))
-        scalars["images_per_sec"] = ips
-        scalars["epoch"] = epoch
-        writer.write(s, scalars)
-        progress.update(0, {"loss": f"{scalars['loss']:.3f}", "img/s": f"{ips:.0f}"})
+        step, metrics = self.pending
+        self.pending = None
+        m = host_copy(metrics)
+        if not m["finite"]:
+            raise FloatingPointError(
+                f"non-finite loss or gradient at step {step} (loss={m['loss']}); the state was not "
+                f"updated. {self._checkpoints_kept()}")
+        probed = "probe_acc" in m and step % self.log_every == 0
+        if step % self.log_every == 0 or step == self.total_steps:
+            self._write_row(step, m, probed)
+        if probed:
+            collapse = self.guard.observe(step, m["probe_acc"], m["probe_top_class"])
+            if collapse:
+                raise TrainingCollapsedError(
+                    f"training collapsed at step {step}: {collapse}. This run is not a result: "
+                    f"lower the learning rate, add warm-up (optim.warmup_epochs), or set "
+                    f"train.collapse_guard=False to train on. {self._checkpoints_kept()}")
 
+    def _checkpoints_kept(self) -> str:
+        return (f"Checkpoints kept in {self.ckpt.directory} (newest: step "
+                f"{self.ckpt.latest_step()}).")
+
+    def _write_row(self, step: int, m, probed: bool) -> None:
+        now = time.perf_counter()
+        ips = self.imgs_window / max(now - self.t_window, 1e-9)
+        self.t_window, self.imgs_window = now, 0
+        drop = {"finite"} if probed else {"finite", "probe_acc", "probe_top_class"}
+        scalars = {k: float(v) for k, v in m.items() if k not in drop}
+        scalars["lr"] = float(self.b["schedule"](step - 1))
+        scalars["images_per_sec"] = ips
+        scalars["epoch"] = (step - 1) // self.steps_per_epoch
+        self.writer.write(step, scalars)
+        if self.progress is not None:
+            self.progress.update(0, {"loss": f"{scalars['loss']:.3f}", "img/s": f"{ips:.0f}"})
+
+    def save(self, rstate) -> None:
+        """A checkpoint of rstate, after the metrics row of its step (so no row is ever missing)."""
+        self.flush()
+        self.ckpt.save(host_copy(rstate))
+
+
+def _train_steps(config, b, rstate, run: _Run, stop: preemption.StopSignal, start_step: int):
+    """The epochs from start_step on; returns the final replicated state. Raises Preempted after a
+    signal (with a checkpoint at the step it stopped after)."""
+    spe, epochs, mesh = b["steps_per_epoch"], config.train.epochs, b["mesh"]
+    ckpt_every = config.train.checkpoint_every_steps
+    local_bs = config.train.batch_size // jax.process_count()
+    p_step = compile_step(b["objective"], b["base_key"], mesh, probe_every=config.train.log_every)
+    progress = run.progress = _Progress(run.total_steps, start_step,
+                                        config.train.progress and jax.process_index() == 0,
+                                        config.objective.name)
+    train_x, train_y = b["train"]
     step = start_step
     try:
-        for epoch in range(start_step // steps_per_epoch, epochs):
-            first = step - epoch * steps_per_epoch
+        for epoch in range(start_step // spe, epochs):
             batches = data_lib.batches(
                 train_x, train_y, local_bs, rng=config.seed, epoch=epoch, shuffle=True,
                 drop_remainder=True, augment=config.data.get("augment") or None,
                 num_shards=jax.process_count(), shard_index=jax.process_index(),
-                start_step=first)
+                start_step=step - epoch * spe)
             for batch in batches:
-                batch = _shard({"image": batch["image"], "label": batch["label"]}, n_dev)
+                batch = shard_batch({"image": batch["image"], "label": batch["label"]}, mesh)
                 rstate, metrics = p_step(rstate, batch)
-                if pending is not None:
-                    log(pending, check(pending), epoch)
                 step += 1
-                imgs_window += config.train.batch_size
-                pending = (step, metrics)
+                run.after_step(step, metrics)
                 progress.update(1, {})
                 # The end-of-epoch save below covers the last step of an epoch (after the epoch hook).
-                if ckpt_every and step % ckpt_every == 0 and step % steps_per_epoch:
-                    check(pending)
-                    ckpt.save(_unreplicate(rstate))
-            if pending is not None:
-                check(pending)
-            if b["objective"].end_of_epoch is not None:
-                rstate = _end_of_epoch(rstate, b["objective"], devices)
-            ckpt.save(_unreplicate(rstate))
-        if pending is not None and pending[0] == total_steps:  # the last step has no successor
-            log(pending, check(pending), epochs - 1)
+                if ckpt_every and step % ckpt_every == 0 and step % spe:
+                    run.save(rstate)
+                signal_name = stop.agreed()
+                if signal_name:
+                    if step % spe == 0:
+                        rstate = _end_of_epoch(rstate, b["objective"], mesh)
+                    run.save(rstate)
+                    raise preemption.Preempted(step, signal_name, run.workdir)
+            run.flush()
+            rstate = _end_of_epoch(rstate, b["objective"], mesh)
+            run.save(rstate)
     finally:
         progress.close()
-    train_seconds = time.perf_counter() - t_start
-    state = _unreplicate(rstate)
-    ckpt.save(state)
-    ckpt.close()
+    return rstate
+
+
+def _has_history(workdir: str) -> bool:
+    """True when the workdir holds a checkpoint or metrics rows (something a config change would
+    mix with another experiment)."""
+    ckdir = os.path.join(workdir, CHECKPOINTS)
+    if os.path.isdir(ckdir) and any(d.isdigit() for d in os.listdir(ckdir)):
+        return True
+    metrics = os.path.join(workdir, workdir_lib.METRICS_FILE)
+    return os.path.exists(metrics) and os.path.getsize(metrics) > 0
+
+
+def _all_processes(fn):
+    """Runs fn on every process; if it raised WorkdirError / ConfigError on any process, raises on
+    all of them (so that no process is left waiting in a collective for one that gave up)."""
+    err = None
+    try:
+        out = fn()
+    except (workdir_lib.WorkdirError, ConfigError) as e:
+        err, out = e, None
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        failed = multihost_utils.process_allgather(np.int32(err is not None))
+        if err is None and np.any(failed):
+            err = workdir_lib.WorkdirError("another process refused to start (see its message)")
+    if err is not None:
+        raise err
+    return out
+
+
+def _check_stored_config(config, workdir, allow_change: bool, command: str):
+    """The changes of config against workdir's config.json that the run goes on with (refuses the
+    others unless allow_change); [] for a workdir without history."""
+    if not _has_history(workdir):
+        return []
+    return workdir_lib.check_config(workdir, config, config_lib.default_config(),
+                                    allow_change=allow_change, command=command)
+
+
+def _record_config(config, workdir, changes, start_step: int) -> None:
+    """Writes config.json (process 0), keeping the stored one beside it when the trajectory changed
+    (train.epochs or a change allowed with --allow_config_change)."""
+    from advjax import distributed
+    distributed.sync("advjax-config-read")  # every process has compared before it is replaced
+    if jax.process_index() != 0:
+        return
+    for key, old, new in changes:
+        print(f"advjax: resuming with config.{key} changed: {old!r} -> {new!r}", flush=True)
+    trajectory = [c for c in changes if c[0] == "train.epochs" or
+                  not workdir_lib.is_resumable_key(c[0])]
+    workdir_lib.write_config(workdir, config, previous_step=start_step if trajectory else None)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       allow_config_change: bool = False) -> Dict[str, Any]:
+    """Trains the configured objective, checkpointing to `workdir`, then evaluates the result.
+
+    Restarting with the same config and workdir resumes from the latest checkpoint. Returns the final
+    evaluation (`RobustAccuracy.as_dict()`) plus "step" and "train_seconds".
+
+    Raises, before any compute: ConfigError (the config cannot run), workdir.WorkdirError (the
+    workdir is a file, not writable, used by another run, or holds another experiment: its
+    config.json differs outside `workdir.RESUMABLE_KEYS`, unless allow_config_change). During
+    training: FloatingPointError, TrainingCollapsedError, preemption.Preempted (after SIGTERM /
+    SIGINT, with a checkpoint at the step it stopped after).
+    """
+    from advjax import distributed
+    validate(config)
+    distributed.maybe_initialize(config)
+    is_lead = jax.process_index() == 0
+    _all_processes(lambda: workdir_lib.check_writable(workdir))
+    lock = workdir_lib.Lock(workdir)
+    _all_processes(lambda: lock.acquire() if is_lead else None)
+    try:
+        changes = _all_processes(lambda: _check_stored_config(config, workdir, allow_config_change,
+                                                              "train"))
+        return _train_and_evaluate(config, workdir, changes)
+    finally:
+        lock.release()
+
+
+def _train_and_evaluate(config, workdir: str, changes) -> Dict[str, Any]:
+    b = build(config)
+    b["mesh"] = make_mesh(_mesh_devices(b["devices"]))
+    is_lead = jax.process_index() == 0
+    init_key, b["base_key"] = jax.random.split(jax.random.PRNGKey(config.seed))
+    state = create_train_state(b["model"], b["objective"], b["tx"], init_key, b["info"]["shape"])
+    ckpt = Checkpointer(os.path.join(workdir, CHECKPOINTS),
+                        max_to_keep=config.train.keep_checkpoints)
+    writer = None
+    try:
+        if ckpt.latest_step() is not None:
+            state = ckpt.restore(state, set_aside=True)
+            print(f"Resumed from checkpoint at step {int(state.step)} in {workdir}", flush=True)
+        start_step = int(state.step)
+        _record_config(config, workdir, changes, start_step)
+        if jax.process_count() > 1:
+            print(f"process {jax.process_index()} of {jax.process_count()}: {len(b['devices'])} "
+                  f"local devices, {config.train.batch_size // jax.process_count()} examples per "
+                  f"step from data shard {jax.process_index()}, starting at step {start_step}",
+                  flush=True)
+        writer = MetricsWriter(workdir, enabled=is_lead, resume_step=start_step)
+        run = _Run(config, b, workdir, ckpt, writer, start_step)
+        t_start = time.perf_counter()
+        with preemption.StopSignal() as stop:
+            rstate = _train_steps(config, b, replicate(state, b["mesh"]), run, stop, start_step)
+        train_seconds = time.perf_counter() - t_start
+        state = host_copy(rstate)
+        ckpt.save(state)
+    finally:
+        ckpt.close()
+        if writer is not None:
+            writer.close()
     result = evaluate_state(config, state, b["eval_model"], workdir, write=is_lead)
     result["train_seconds"] = train_seconds
-    writer.close()
     return result
 
 
-def restore_state(config, workdir: str):
-    """(state, eval_model) from the latest checkpoint in workdir (for `advjax eval` / `attack`)."""
+def restore_state(config, workdir: str, *, allow_config_change: bool = False):
+    """(state, eval_model) from the newest restorable checkpoint in workdir (`advjax eval` /
+    `attack`). Refuses a config whose model or dataset differs from the workdir's config.json, and
+    warns about other differences, unless allow_config_change (`workdir.check_config`)."""
+    validate(config)
+    _check_stored_config(config, workdir, allow_config_change, "eval")
     b = build(config, devices=jax.local_devices()[:1])
     state = create_train_state(b["model"], b["objective"], b["tx"], jax.random.PRNGKey(0),
                                b["info"]["shape"])
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
-    if ckpt.latest_step() is None:
-        raise FileNotFoundError(f"no checkpoint in {os.path.join(workdir, 'checkpoints')}; "
+    ckdir = os.path.join(workdir, CHECKPOINTS)
+    if not os.path.isdir(ckdir):
+        raise FileNotFoundError(f"no checkpoint in {ckdir}; "
                                 f"train first: advjax train --config ... --workdir {workdir}")
-    state = ckpt.restore(state)
-    ckpt.close()
+    ckpt = Checkpointer(ckdir)
+    try:
+        if ckpt.latest_step() is None:
+            raise FileNotFoundError(f"no checkpoint in {ckdir}; "
+                                    f"train first: advjax train --config ... --workdir {workdir}")
+        state = ckpt.restore(state)
+    finally:
+        ckpt.close()
     return state, b["eval_model"]
 
 
@@ -517,20 +854,22 @@ def autoattack_result(config, state, model, *, limit: Optional[int] = None):
 def evaluate_state(config, state, model, workdir: Optional[str], *, write: bool = True,
                    limit: Optional[int] = None) -> Dict[str, Any]:
     """Runs config.eval.attacks (and config.eval.autoattack) on the test split; writes eval.json /
-    eval.md to workdir."""
+    eval.md to workdir (or, when those hold a fuller evaluation, eval.n<N>.json / .md:
+    `workdir.eval_paths`)."""
     res = evaluate_result(config, state, model, limit=limit)
     aa = autoattack_result(config, state, model, limit=limit)
-    out = res.as_dict()
+    out = dict(res.as_dict(), step=int(state.step))
     if aa is not None:
         out.update(aa.as_dict())
     if write and workdir is not None and jax.process_index() == 0:  # one writer per run
-        with open(os.path.join(workdir, "eval.json"), "w") as f:
-            json.dump(out, f, indent=2)
-        with open(os.path.join(workdir, "eval.md"), "w") as f:
-            f.write(res.markdown(f"{config.objective.name} on {config.data.name} "
-                                 f"({config.model.name}), step {int(state.step)}"))
-            if aa is not None:
-                f.write("\n" + aa.markdown())
+        json_path, md_path = workdir_lib.eval_paths(workdir, out)
+        workdir_lib.atomic_write(json_path, json.dumps(out, indent=2))
+        md = res.markdown(f"{config.objective.name} on {config.data.name} ({config.model.name}), "
+                          f"step {int(state.step)}, {res.n} test examples")
+        if aa is not None:
+            md += "\n" + aa.markdown()
+        workdir_lib.atomic_write(md_path, md)
+        out["eval_file"] = json_path
     out["table"] = res.markdown(f"{config.objective.name} on {config.data.name}")
     if aa is not None:
         out["table"] += "\n" + aa.markdown()

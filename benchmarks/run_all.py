@@ -8,7 +8,7 @@ Each benchmark runs in its own subprocess (one at a time, so they do not compete
   daa_overhead.py        DAA-BLOB / DAA-DGF step time relative to PGD
   train_throughput.py    PGD-AT train steps/s: advjax vs a PyTorch loop
   input_pipeline.py      `advjax.data.batches` images/s
-  data parallelism       one PGD-AT step of the pmapped loop on 1, 2 and 4 forced CPU devices
+  data parallelism       one PGD-AT step of the training loop on 1, 2 and 4 forced CPU devices
                          (XLA_FLAGS=--xla_force_host_platform_device_count=N) at the same global batch.
                          The forced devices share the machine's cores, so this measures the cost of
                          the data-parallel machinery (sharding, pmean, replication), not a speed-up.
@@ -41,11 +41,11 @@ DEVICE_COUNTS = (1, 2, 4)
 # ------------------------------------------------------------------------------------------------
 
 def devices_worker(batch: int, pgd_steps: int, repeats: int) -> None:
-    """Prints the median ms per pmapped PGD-AT step over all local devices at global batch `batch`."""
+    """Prints the median ms per PGD-AT step of the loop's jitted step over all local devices at
+    global batch `batch`."""
     import jax
     import numpy as np
     import optax
-    from flax import jax_utils
 
     from advjax import models, objectives, train
 
@@ -56,17 +56,16 @@ def devices_worker(batch: int, pgd_steps: int, repeats: int) -> None:
         "pgd_at", model.apply, dict(eps=0.1, step_size=0.025, steps=pgd_steps))
     state = train.create_train_state(model, objective, optax.sgd(0.01, momentum=0.9),
                                      jax.random.PRNGKey(0), (28, 28, 1))
-    p_step = jax.pmap(lambda s, b: train.train_step(s, b, objective=objective,
-                                                     base_key=jax.random.PRNGKey(1)),
-                      axis_name=train.AXIS, devices=devices, donate_argnums=(0,))
+    mesh = train.make_mesh(devices)
+    p_step = train.compile_step(objective, jax.random.PRNGKey(1), mesh)
     rng = np.random.default_rng(0)
     batch_np = {"image": rng.uniform(0, 1, (batch, 28, 28, 1)).astype(np.float32),
                 "label": rng.integers(0, 10, batch).astype(np.int32)}
-    rstate = jax_utils.replicate(state, devices)
+    rstate = train.replicate(state, mesh)
 
     def step():
         nonlocal rstate
-        rstate, metrics = p_step(rstate, train._shard(batch_np, n))  # host batch, as the loop
+        rstate, metrics = p_step(rstate, train.shard_batch(batch_np, mesh))  # host batch, as the loop
         jax.block_until_ready(metrics)
 
     step(), step()  # compile, warm up
@@ -191,7 +190,7 @@ def render(rows: List[Row], raws: Dict[str, str], seconds: Dict[str, float], met
         f"at the end {meta['load_end']}: the machine is shared, so absolute numbers move with the "
         "load; the ratios come from interleaved runs in one process and are steadier.",
         "",
-        "The forced-CPU-device rows run the pmapped PGD-AT step of `advjax.train` on 1, 2 and 4 "
+        "The forced-CPU-device rows run the jitted PGD-AT step of `advjax.train` on 1, 2 and 4 "
         "XLA host devices at the same global batch. The devices share the same cores, so this "
         "measures the cost of the data-parallel machinery (sharding, cross-device means, "
         "replication), not a speed-up. No GPU was lent for this run, so there are no GPU rows.",

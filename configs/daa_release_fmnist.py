@@ -18,9 +18,10 @@ Differences from the release, all kept small on purpose:
 - the release's random start is not clipped to [0, 1] before the first step (our PGD starts inside
   the box; every later iterate is clipped by both).
 
-The full schedule is about 36 hours on the 2-core CPU; ``experiments/daa_fmnist/run.py
---paper-protocol`` runs it unchanged (for a GPU), and the CPU study trains a cut of it (see
-experiments/daa_fmnist/README.md for which cut and what it costs).
+The full schedule is 3-4 days on the 2-core CPU at its 15-20 images per second (several times
+longer under load; the release's runs took 2.5-3.6 hours each on a Titan V);
+``experiments/daa_fmnist/run.py --paper-protocol`` runs it unchanged (for a GPU), and the CPU study
+trains a cut of it (see experiments/daa_fmnist/README.md for which cut and what it costs).
 
     advjax train --config configs/daa_release_fmnist.py --workdir workdirs/daa_release
 """

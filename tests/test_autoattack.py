@@ -313,7 +313,7 @@ def test_square_and_fab_validate_their_arguments():
         square_lib.square(img_mlp, x, y, key=k, eps=0.1, bounds=(1.0, 0.0))
     with pytest.raises(ValueError, match="box"):
         fab_lib.fab(img_mlp, x + 2.0, y, eps=0.1, bounds=(0.0, 1.0))
-    with pytest.raises(ValueError, match=r"bounds=\[-1.0, 1.0\]"):
+    with pytest.raises(ValueError, match=r"bounds=\[-1, 1\]"):
         square_lib.square(img_mlp, x + 2.0, y, key=k, eps=0.1, bounds=(-1.0, 1.0))
     with pytest.raises(ValueError, match="key"):
         fab_lib.fab(img_mlp, x, y, eps=0.1, restarts=2)
@@ -404,7 +404,8 @@ def test_autoattack_with_nothing_left_to_attack():
 def test_autoattack_versions_and_their_published_hyperparameters():
     std = dict(evaluate.autoattack_stages("linf", 0.3, "standard"))
     assert list(std) == ["apgd-ce", "apgd-t", "fab-t", "square"]
-    assert std["apgd-ce"].keywords == dict(eps=0.3, norm="linf", steps=100, loss="ce", restarts=1)
+    assert std["apgd-ce"].keywords == dict(eps=0.3, norm="linf", steps=100, loss="ce", restarts=1,
+                                           bounds=(0.0, 1.0))
     assert std["apgd-t"].keywords["num_target_classes"] == 9
     assert std["fab-t"].keywords["targeted"] and std["fab-t"].keywords["num_target_classes"] == 9
     assert std["square"].keywords["n_queries"] == 5000 and std["square"].keywords["p_init"] == 0.8
@@ -527,11 +528,44 @@ def test_attack_outputs_that_cannot_be_scored_are_errors(digits_images, bad, mat
                             batch_size=64, stages=[("bad", attack)], warn=False)
 
 
-def _with_eps(fn, eps):
-    """A partial carrying eps (how `threat_of` reads an attack's ball)."""
-    def attack(logits_fn, x, y, *, key, eps):
+def _with_eps(fn, eps, **keywords):
+    """A partial carrying eps (how `threat_of` reads an attack's ball) and e.g. bounds."""
+    def attack(logits_fn, x, y, *, key, eps, bounds=(0.0, 1.0)):
         return fn(logits_fn, x, y, key)
-    return functools.partial(attack, eps=eps)
+    return functools.partial(attack, eps=eps, **keywords)
+
+
+def test_the_box_of_the_guards_is_each_attacks_bounds(digits_images):
+    """Data in [-1, 1] (bounds=(-1, 1)): the identity attack is valid there (the fixed [0, 1] box
+    would call its output invalid); an output above 1 is outside *its* box; and the data check uses
+    the attacks' box too. AutoAttack hands its `bounds` to every stage."""
+    f, x, y = digits_images
+    g = lambda z: f((z + 1.0) / 2.0)
+    xs, ys = 2.0 * x[:64] - 1.0, y[:64]
+    box = (-1.0, 1.0)
+    identity = _with_eps(lambda f, x, y, key: x, 0.05, bounds=box)
+    res = evaluate.robust_accuracy(g, (xs, ys), {"id": identity}, key=jax.random.PRNGKey(0),
+                                   batch_size=64)
+    assert res.attacks["id"] == res.clean
+    spec = dict(name="square", eps=0.1, n_queries=20, bounds=box)
+    res = evaluate.robust_accuracy(g, (xs, ys), [spec], key=jax.random.PRNGKey(0), batch_size=64)
+    assert res.attacks["square"] <= res.clean
+    above = _with_eps(lambda f, x, y, key: jnp.clip(x + 0.01, -1.0, 1.01), 0.05, bounds=box)
+    with pytest.raises(ValueError, match=r"outside the box \[-1.0, 1.0\]"):
+        evaluate.robust_accuracy(g, (xs, ys), {"up": above}, key=jax.random.PRNGKey(0),
+                                 batch_size=64)
+    with pytest.raises(ValueError, match=r"x must lie in the box bounds=\[0, 1\]"):
+        evaluate.robust_accuracy(g, (xs, ys), {"id": _with_eps(lambda f, x, y, key: x, 0.05)},
+                                 key=jax.random.PRNGKey(0), batch_size=64)
+    out = evaluate.autoattack(g, (xs, ys), norm="linf", eps=0.05, key=jax.random.PRNGKey(0),
+                              batch_size=64, stages=[("id", identity)], warn=False, bounds=box)
+    assert out.robust == out.clean
+    with pytest.raises(ValueError, match=r"bounds=\[0, 1\]"):
+        evaluate.autoattack(g, (xs, ys), norm="linf", eps=0.05, key=jax.random.PRNGKey(0),
+                            batch_size=64, stages=[("id", identity)], warn=False)
+    for version in ("standard", "plus"):
+        for name, stage in evaluate.autoattack_stages("l2", 0.5, version, bounds=(0, 255)):
+            assert evaluate.threat_of(stage) == (0.5, "l2", (0.0, 255.0)), name
 
 
 @pytest.mark.parametrize("labels,match", [

@@ -40,13 +40,14 @@ target is skipped (`lax.cond`) when every example already succeeded. Determinist
 
 from __future__ import annotations
 
-from typing import Callable, Tuple
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
 
-from advjax.attacks import _box
+from advjax import threat
 from advjax.attacks import _validation as v
+from advjax.threat import DEFAULT_BOUNDS, Bounds, Scalar
 
 LogitsFn = Callable[[jax.Array], jax.Array]
 
@@ -234,14 +235,15 @@ def _check(logits_fn, x, y, key, eps, norm, steps, restarts, bounds, alpha_max, 
     for name, value in (("alpha_max", alpha_max), ("eta", eta), ("beta", beta)):
         v.check_nonnegative(value, name)
     v.check_key(key, restarts > 1, "FAB's restarts start at random points")
-    lo, hi = _box.check_bounds(bounds)
-    return lo, hi, _box.check_batch_in_bounds(logits_fn, x, y, bounds)
+    lo, hi = threat.check_bounds(bounds)
+    return lo, hi, v.check_batch(logits_fn, x, y, bounds=(lo, hi))
 
 
-def fab(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key=None, eps, norm: str = "linf",
-        steps: int = 100, restarts: int = 1, targeted: bool = False, num_target_classes: int = 9,
+def fab(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: Optional[jax.Array] = None,
+        eps: Scalar, norm: str = "linf", steps: int = 100, restarts: int = 1,
+        targeted: bool = False, num_target_classes: int = 9,
         alpha_max: float = ALPHA_MAX, eta: float = ETA, beta: float = BETA,
-        bounds: Tuple[float, float] = (0.0, 1.0)) -> jax.Array:
+        bounds: Bounds = DEFAULT_BOUNDS) -> jax.Array:
     """FAB (Croce & Hein, ICML 2020) with budget eps: see the module docstring.
 
     Args:
@@ -295,10 +297,11 @@ def fab(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key=None, eps, norm:
     return x_adv
 
 
-def fab_t(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key=None, eps, norm: str = "linf",
-          steps: int = 100, restarts: int = 1, num_target_classes: int = 9,
+def fab_t(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: Optional[jax.Array] = None,
+          eps: Scalar, norm: str = "linf", steps: int = 100, restarts: int = 1,
+          num_target_classes: int = 9,
           alpha_max: float = ALPHA_MAX, eta: float = ETA, beta: float = BETA,
-          bounds: Tuple[float, float] = (0.0, 1.0)) -> jax.Array:
+          bounds: Bounds = DEFAULT_BOUNDS) -> jax.Array:
     """FAB-T of AutoAttack: `fab(targeted=True)`; y holds the true labels."""
     return fab(logits_fn, x, y, key=key, eps=eps, norm=norm, steps=steps, restarts=restarts,
                targeted=True, num_target_classes=num_target_classes, alpha_max=alpha_max, eta=eta,

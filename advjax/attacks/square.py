@@ -54,15 +54,16 @@ is misclassified. Deterministic given `key`.
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Tuple
+from typing import Any, Callable, NamedTuple, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from advjax import losses as losses_lib
-from advjax.attacks import _box
+from advjax import threat
 from advjax.attacks import _validation as v
+from advjax.threat import DEFAULT_BOUNDS, Bounds, Scalar
 
 LogitsFn = Callable[[jax.Array], jax.Array]
 
@@ -112,7 +113,8 @@ def _harmonic2(n: int) -> np.ndarray:
     return np.concatenate([[0.0], np.cumsum(1.0 / np.arange(1, n + 1) ** 2)])
 
 
-def pseudo_gaussian_square(s, size: int, xp=jnp):
+def pseudo_gaussian_square(s: Union[int, jax.Array], size: int,
+                           xp: Any = jnp) -> Union[jax.Array, np.ndarray]:
     """The l2 Square Attack's s x s update pattern (Alg. 3) at the top-left of a (size, size) array.
 
     The top s // 2 rows hold M(s // 2, s) and the other rows -M(s - s // 2, s), where M(a, b) is the
@@ -331,18 +333,18 @@ def _check(logits_fn, x, y, key, eps, norm, n_queries, p_init, restarts, loss, v
     if not isinstance(p_init, (int, float)) or isinstance(p_init, bool) or not 0 < p_init <= 1:
         raise ValueError(f"p_init must be a number in (0, 1] (static), got {p_init!r}")
     v.check_key(key, True, "the Square Attack is a random search")
-    lo, hi = _box.check_bounds(bounds)
+    lo, hi = threat.check_bounds(bounds)
     if jnp.ndim(x) != 4:
         raise ValueError(f"x must be a batch of NHWC images (4-D) for the Square Attack's windows, "
                          f"got shape {jnp.shape(x)}")
-    _box.check_batch_in_bounds(logits_fn, x, y, bounds)
+    v.check_batch(logits_fn, x, y, bounds=(lo, hi))
     return lo, hi
 
 
-def square_run(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: jax.Array, eps,
+def square_run(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: jax.Array, eps: Scalar,
                norm: str = "linf", n_queries: int = 5000, p_init: float = 0.8, restarts: int = 1,
                loss: str = "margin", rescale_schedule: bool = True, variant: str = "paper",
-               bounds: Tuple[float, float] = (0.0, 1.0)) -> SquareResult:
+               bounds: Bounds = DEFAULT_BOUNDS) -> SquareResult:
     """The Square Attack with its per-example query count and margin (see the module docstring).
 
     Args:
@@ -381,10 +383,10 @@ def square_run(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: jax.Arra
     return SquareResult(x_adv=x_adv, queries=queries, margin=margin)
 
 
-def square(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: jax.Array, eps,
+def square(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: jax.Array, eps: Scalar,
            norm: str = "linf", n_queries: int = 5000, p_init: float = 0.8, restarts: int = 1,
            loss: str = "margin", rescale_schedule: bool = True, variant: str = "paper",
-           bounds: Tuple[float, float] = (0.0, 1.0)) -> jax.Array:
+           bounds: Bounds = DEFAULT_BOUNDS) -> jax.Array:
     """The Square Attack (Andriushchenko et al., ECCV 2020): x_adv of `square_run`."""
     return square_run(logits_fn, x, y, key=key, eps=eps, norm=norm, n_queries=n_queries,
                       p_init=p_init, restarts=restarts, loss=loss,
