@@ -624,3 +624,9 @@ def test_cli_eval_runs_autoattack_from_the_config(tmp_path, capsys, monkeypatch)
     assert res["autoattack"] == res["autoattack/square"] <= res["autoattack/clean"]
     assert res["autoattack/n"] == 40 and res["autoattack/version"] == "standard"
     assert "AutoAttack (standard, linf, eps = 0.1)" in open(os.path.join(w, "eval.md")).read()
+    # The same evaluation without AutoAttack is less full: it must not replace that eval.json.
+    argv = ["advjax", "eval", "--config", str(cfg), "--workdir", w, "--limit", "40"]
+    monkeypatch.setattr(sys, "argv", argv)
+    assert cli.main(list(argv)) == 0
+    assert json.load(open(os.path.join(w, "eval.json")))["autoattack"] == res["autoattack"]
+    assert "autoattack" not in json.load(open(os.path.join(w, "eval.n40.json")))
