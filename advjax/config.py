@@ -67,6 +67,11 @@ def default_config() -> ml_collections.ConfigDict:
     c.eval.batch_size = 256
     c.eval.limit = 0                # 0 = whole test split
     c.eval.attacks = []
+    # AutoAttack (advjax.evaluate.autoattack) after the attacks: off while norm is "".
+    c.eval.autoattack = ml_collections.ConfigDict()
+    c.eval.autoattack.norm = ""           # "" (off) | "linf" | "l2"
+    c.eval.autoattack.eps = 0.0
+    c.eval.autoattack.version = "standard"  # "standard" | "plus"
 
     c.distributed = ml_collections.ConfigDict()
     c.distributed.coordinator_address = ""

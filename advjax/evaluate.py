@@ -8,8 +8,14 @@ an admissible attack), so A_rob <= clean accuracy even when an attack happens to
 into a correct prediction.
 Evaluation runs batch by batch; each attack is compiled once (`jax.jit`) and the last partial batch is
 padded to the batch size (padded rows are masked out of every count), so a whole test set costs one
-compilation per attack. Inputs are validated (finite, in [0, 1], labels in range) on the host before
-the jitted calls, so bad data fails with a clear error even though the attacks themselves run traced.
+compilation per attack. Inputs are validated (finite, in each attack's box `bounds`, default [0, 1],
+integer labels in range, checked before any cast) on the host before the jitted calls, so bad data
+fails with a clear error even though the attacks themselves run traced; so is what comes back
+(`check_clean_logits`, `check_attack_output`): non-finite logits, or an attack output that is
+non-finite, outside its box or outside its eps-ball, is an error rather than a count.
+
+`autoattack` runs AutoAttack (Croce & Hein, ICML 2020): its cascade of APGD-CE, APGD-T, FAB-T and
+Square, each on the examples still robust, with AutoAttack's sanity checks.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from advjax import attacks as attacks_lib
+from advjax import threat
 from advjax.attacks import _validation
 
 AttackFn = Callable[..., jax.Array]
@@ -107,10 +114,18 @@ def is_set_level(attack) -> bool:
 
 
 def _attacked_predictions(logits_fn, attack, x, y, key, valid):
-    """Predictions on attack(x). Padded rows (valid = False) must not influence a batch-level attack,
-    so it gets the mask; per-example attacks ignore the padding by construction."""
+    """Predictions on attack(x) and `_output_stats` of the result. Padded rows (valid = False) must
+    not influence a batch-level attack, so it gets the mask; per-example attacks ignore the padding
+    by construction."""
     kwargs = {"valid": valid} if is_batch_level(attack) else {}
-    return jnp.argmax(logits_fn(attack(logits_fn, x, y, key=key, **kwargs)), -1)
+    x_adv = attack(logits_fn, x, y, key=key, **kwargs)
+    logits = logits_fn(x_adv)
+    return jnp.argmax(logits, -1), _output_stats(x, x_adv, logits, threat_of(attack)[1])
+
+
+def _clean_predictions(logits_fn, x):
+    logits = logits_fn(x)
+    return jnp.argmax(logits, -1), jnp.all(jnp.isfinite(logits), axis=-1)
 
 
 def _pad(a: np.ndarray, size: int) -> np.ndarray:
@@ -118,6 +133,111 @@ def _pad(a: np.ndarray, size: int) -> np.ndarray:
         return a
     pad = np.repeat(a[:1], size - len(a), axis=0)
     return np.concatenate([a, pad], axis=0)
+
+
+def labels_as_int32(y, name: str = "y") -> np.ndarray:
+    """Labels as int32, after checking them *before* the cast: an integer dtype (a float label such
+    as 3.7 would be truncated to a valid-looking class) and values in [0, 2**31 - 1] (a larger int64
+    label would wrap around to a valid-looking class). The upper bound by the class count is
+    checked per batch against the logits (`_validation.check_batch`)."""
+    y = np.asarray(y)
+    if y.dtype == bool or not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"{name} must hold integer class labels, got dtype {y.dtype}"
+                         + (f" (e.g. {y.ravel()[0]!r})" if y.size else ""))
+    if y.size and (y.min() < 0 or y.max() > np.iinfo(np.int32).max):
+        raise ValueError(f"{name} must be class indices >= 0 that fit in int32, got values in "
+                         f"[{y.min()}, {y.max()}]")
+    return y.astype(np.int32)
+
+
+def _signature_default(fn, name, fallback):
+    import inspect
+    fn = getattr(fn, "func", fn)
+    try:
+        p = inspect.signature(fn).parameters.get(name)
+    except (TypeError, ValueError):
+        return fallback
+    if p is None or p.default is inspect.Parameter.empty:
+        return fallback
+    return p.default
+
+
+def threat_of(attack) -> Tuple[Optional[float], str, Tuple[float, float]]:
+    """(eps, norm, bounds) of an attack built by `attack_from_spec` (a functools.partial): eps from
+    its keywords (None if it has none, e.g. WRM's Lagrangian attack, which has no ball), norm from
+    its keywords or its signature's default (attacks without a `norm` argument are linf), bounds
+    likewise (default [0, 1])."""
+    kw = dict(getattr(attack, "keywords", {}) or {})
+    eps = kw.get("eps")
+    norm = kw.get("norm", _signature_default(attack, "norm", "linf"))
+    bounds = threat.check_bounds(kw.get("bounds", _signature_default(attack, "bounds",
+                                                                    threat.DEFAULT_BOUNDS)))
+    return (None if eps is None else float(eps)), norm, bounds
+
+
+def _check_data_batch(logits_fn, x, y, boxes: Sequence[Tuple[float, float]]) -> int:
+    """`_validation.check_batch` of a data batch, with x checked against the box of every attack
+    that will see it (their `bounds`; [0, 1] when there is no attack)."""
+    boxes = list(dict.fromkeys(boxes)) or [threat.DEFAULT_BOUNDS]
+    num_classes = _validation.check_batch(logits_fn, x, y, bounds=boxes[0])
+    for box in boxes[1:]:
+        _validation.check_in_box(x, box)
+    return num_classes
+
+
+def _output_stats(x, x_adv, adv_logits, norm: str):
+    """Per-example facts about an attack's output that a robust-accuracy number relies on, computed
+    inside the jitted evaluation (no transfer of the examples): finite input and logits, the box,
+    and the perturbation's norm."""
+    flat = (x_adv - x).reshape(x.shape[0], -1).astype(jnp.float32)
+    axes = tuple(range(1, x.ndim))
+    return {
+        "finite": jnp.all(jnp.isfinite(x_adv), axis=axes),
+        "logits_finite": jnp.all(jnp.isfinite(adv_logits), axis=-1),
+        "min": jnp.min(x_adv, axis=axes), "max": jnp.max(x_adv, axis=axes),
+        "norm": (jnp.max(jnp.abs(flat), axis=1) if norm == "linf" else
+                 jnp.sqrt(jnp.sum(flat * flat, axis=1)) if norm == "l2" else
+                 jnp.sum(jnp.abs(flat), axis=1)),
+    }
+
+
+def check_attack_output(name: str, stats: Mapping[str, Any], m: int, eps: Optional[float],
+                        norm: str, bounds: Tuple[float, float], dim: int):
+    """Raises if an attack's output (the first m rows of `_output_stats`) cannot be scored: a
+    non-finite example or logits, a point outside the box [lo, hi] or outside the eps-ball (eps
+    None: no ball). Counting such a point as "broken" (NaN logits argmax to class 0) or as robust
+    would be a silently wrong robust accuracy. Tolerance on the ball: float32 rounding of x + delta,
+    1e-5 eps plus 1e-6 per coordinate's worth of the norm."""
+    s = {k: np.asarray(v)[:m] for k, v in stats.items()}
+    bad = ~s["finite"]
+    if bad.any():
+        raise ValueError(f"attack {name!r} returned non-finite values (NaN or inf) for {bad.sum()} "
+                         f"of {m} examples; this would be scored as a misclassification")
+    bad = ~s["logits_finite"]
+    if bad.any():
+        raise ValueError(f"logits_fn returned non-finite logits on {bad.sum()} of {m} examples "
+                         f"produced by attack {name!r}; their predictions are meaningless")
+    lo, hi = bounds
+    bad = (s["min"] < lo) | (s["max"] > hi)
+    if bad.any():
+        raise ValueError(f"attack {name!r} returned {bad.sum()} of {m} examples outside the box "
+                         f"[{lo}, {hi}] (values in [{s['min'].min()}, {s['max'].max()}])")
+    if eps is not None:
+        per_coord = {"linf": 1.0, "l2": np.sqrt(dim), "l1": float(dim)}.get(norm, float(dim))
+        bound = eps * (1 + 1e-5) + 1e-6 * per_coord * max(1.0, hi - lo)
+        bad = s["norm"] > bound
+        if bad.any():
+            raise ValueError(f"attack {name!r} returned {bad.sum()} of {m} examples outside the "
+                             f"{norm} ball of radius eps={eps} (largest norm {s['norm'].max()})")
+
+
+def check_clean_logits(finite_rows, m: int):
+    """Raises if logits_fn gave non-finite logits on clean inputs (argmax would score NaN rows as
+    class 0)."""
+    bad = ~np.asarray(finite_rows)[:m]
+    if bad.any():
+        raise ValueError(f"logits_fn returned non-finite logits (NaN or inf) on {bad.sum()} of {m} "
+                         f"clean inputs; no accuracy can be computed from them")
 
 
 def _gather_batches(correct: Dict[str, List[np.ndarray]], seconds: Dict[str, float],
@@ -159,7 +279,8 @@ def robust_accuracy(logits_fn: Callable[[jax.Array], jax.Array],
     """Clean accuracy, each attack's accuracy and A_rob (ADT Eq. 12), batch by batch.
 
     Args:
-      logits_fn: batch in [0, 1] -> logits (e.g. a Flax apply in inference mode).
+      logits_fn: batch -> logits (e.g. a Flax apply in inference mode); the inputs must lie in the
+        box `bounds` of every attack (default [0, 1]), and so must each attack's outputs.
       data: `(x, y)` arrays, or an iterable of `(x, y)` or `{"image", "label"}` batches.
       attacks: {label: attack} with `attack(logits_fn, x, y, *, key)` (e.g. a functools.partial of
         `advjax.attacks.pgd`), or a list of config specs for `attack_from_spec`.
@@ -183,7 +304,10 @@ def robust_accuracy(logits_fn: Callable[[jax.Array], jax.Array],
     if not isinstance(attacks, Mapping):
         attacks = dict(attack_from_spec(s) for s in attacks)
     _validation.check_positive_int(batch_size, "batch_size")
-    predict = jax.jit(lambda x: jnp.argmax(logits_fn(x), axis=-1))
+    predict = jax.jit(functools.partial(_clean_predictions, logits_fn))
+    set_stats = jax.jit(lambda x, x_adv, norm: _output_stats(x, x_adv, logits_fn(x_adv), norm),
+                        static_argnums=2)
+    boxes = [threat_of(a)[2] for a in attacks.values()]
     set_level = {name: a for name, a in attacks.items() if is_set_level(a)}
     jitted = {name: jax.jit(functools.partial(_attacked_predictions, logits_fn, a))
               for name, a in attacks.items() if name not in set_level}
@@ -194,15 +318,18 @@ def robust_accuracy(logits_fn: Callable[[jax.Array], jax.Array],
         if not (isinstance(data, tuple) and len(data) == 2 and hasattr(data[0], "shape")):
             raise ValueError(f"attacks: {sorted(set_level)} work on a whole evaluation set and need "
                              f"data as (x, y) arrays, not an iterable of batches")
-        xs, ys = np.asarray(data[0])[:limit], np.asarray(data[1])[:limit]
-        _validation.check_batch(logits_fn, jnp.asarray(xs), jnp.asarray(ys.astype(np.int32)))
+        xs, ys = np.asarray(data[0])[:limit], labels_as_int32(np.asarray(data[1])[:limit])
+        _check_data_batch(logits_fn, jnp.asarray(xs), jnp.asarray(ys), boxes)
         set_key = jax.random.fold_in(key, 2**31 - 1)  # distinct from every batch's key
         for j, (name, a) in enumerate(attacks.items()):
             if name in set_level:
                 t0 = time.perf_counter()
-                set_adv[name] = np.asarray(a(logits_fn, jnp.asarray(xs),
-                                             jnp.asarray(ys.astype(np.int32)),
+                set_adv[name] = np.asarray(a(logits_fn, jnp.asarray(xs), jnp.asarray(ys),
                                              key=jax.random.fold_in(set_key, j)))
+                eps, norm, bounds = threat_of(a)
+                check_attack_output(name, set_stats(jnp.asarray(xs), jnp.asarray(set_adv[name]),
+                                                    norm), len(xs), eps, norm, bounds,
+                                    int(np.prod(xs.shape[1:])))
                 set_seconds[name] = time.perf_counter() - t0
     correct = {"clean": []}
     correct.update({name: [] for name in attacks})
@@ -219,12 +346,16 @@ def robust_accuracy(logits_fn: Callable[[jax.Array], jax.Array],
         if b % num_shards != shard_index:  # another process's batch
             n += len(x)
             continue
-        _validation.check_batch(logits_fn, jnp.asarray(x), jnp.asarray(y.astype(np.int32)))
+        y = labels_as_int32(y)
+        _check_data_batch(logits_fn, jnp.asarray(x), jnp.asarray(y), boxes)
         m = len(x)
-        xp, yp = jnp.asarray(_pad(x, batch_size)), jnp.asarray(_pad(y, batch_size).astype(np.int32))
+        dim = int(np.prod(x.shape[1:]))
+        xp, yp = jnp.asarray(_pad(x, batch_size)), jnp.asarray(_pad(y, batch_size))
         valid = jnp.arange(batch_size) < m
         t0 = time.perf_counter()
-        pred = np.asarray(predict(xp))[:m]
+        pred, finite = predict(xp)
+        check_clean_logits(finite, m)
+        pred = np.asarray(pred)[:m]
         seconds["clean"] += time.perf_counter() - t0
         correct["clean"].append(pred == y[:m])
         batch_ids.append(b)
@@ -232,9 +363,12 @@ def robust_accuracy(logits_fn: Callable[[jax.Array], jax.Array],
         for j, name in enumerate(attacks):
             t0 = time.perf_counter()
             if name in set_adv:
-                pred = np.asarray(predict(jnp.asarray(_pad(set_adv[name][n:n + m], batch_size))))
+                pred = np.asarray(predict(jnp.asarray(_pad(set_adv[name][n:n + m], batch_size)))[0])
             else:
-                pred = np.asarray(jitted[name](xp, yp, jax.random.fold_in(kb, j), valid))
+                pred, stats = jitted[name](xp, yp, jax.random.fold_in(kb, j), valid)
+                eps, norm, bounds = threat_of(attacks[name])
+                check_attack_output(name, stats, m, eps, norm, bounds, dim)
+                pred = np.asarray(pred)
             seconds[name] += time.perf_counter() - t0
             correct[name].append(pred[:m] == y[:m])
         n += m
@@ -281,7 +415,7 @@ def attack_report(logits_fn, x: np.ndarray, y: np.ndarray, spec: Mapping[str, An
     from advjax import plots
     label, attack = attack_from_spec(spec)
     n = min(num_images, len(x))
-    xs, ys = jnp.asarray(x[:n]), jnp.asarray(y[:n].astype(np.int32))
+    xs, ys = jnp.asarray(x[:n]), jnp.asarray(labels_as_int32(y[:n]))
     x_adv = np.asarray(attack(logits_fn, xs, ys, key=key))
     pred_clean = np.asarray(jnp.argmax(logits_fn(xs), -1))
     pred_adv = np.asarray(jnp.argmax(logits_fn(jnp.asarray(x_adv)), -1))
@@ -295,3 +429,343 @@ def attack_report(logits_fn, x: np.ndarray, y: np.ndarray, spec: Mapping[str, An
     curve = plots.accuracy_vs_eps(os.path.join(out_dir, "accuracy_vs_eps.png"), {label: accs},
                                   eps_values, train_eps=None, title=f"{label}: accuracy vs eps")
     return [grid, curve]
+
+
+# ------------------------------------------------------------------------------------------------
+# AutoAttack (Croce & Hein, ICML 2020): the cascade and its sanity checks
+# ------------------------------------------------------------------------------------------------
+
+AUTOATTACK_VERSIONS = ("standard", "plus", "rand")
+# Stages that are not gradient attacks on a loss: an example that survives every APGD stage and
+# falls to one of these is a sign of gradient masking.
+_NON_APGD_STAGES = ("fab", "fab-t", "square")
+
+
+def autoattack_stages(norm: str, eps: float, version: str = "standard", *, num_classes: int = 10,
+                      steps: int = 100, n_queries: int = 5000, num_target_classes: int = 9,
+                      bounds: threat.Bounds = threat.DEFAULT_BOUNDS) -> List[Tuple[str, AttackFn]]:
+    """The attacks of an AutoAttack version, in cascade order, as (label, attack) pairs.
+
+    With the hyperparameters of the reference implementation (`pyautoattack`, AutoAttack's
+    `_set_version`), for linf and l2:
+      standard: apgd-ce (1 run), apgd-t (9 target classes, 1 run each), fab-t (9 target classes,
+                1 run each), square (5000 queries, p_init 0.8, the schedule not rescaled, 1 run);
+      plus:     apgd-ce (5 restarts), apgd-dlr (5 restarts), fab (untargeted, 5 restarts),
+                square (5000 queries), apgd-t (9 targets), fab-t (9 targets);
+      rand:     apgd-ce and apgd-dlr with EoT over 20 draws (for randomized defences).
+    APGD and FAB run 100 iterations (`steps`); Square uses its "autoattack" variant (the
+    reference's batch-shared windows). The target count is min(num_target_classes, classes - 1).
+    Every stage works in the box `bounds` = (lo, hi).
+    """
+    if norm not in ("linf", "l2"):
+        raise ValueError(f"norm must be 'linf' or 'l2' for AutoAttack, got {norm!r}")
+    if version not in AUTOATTACK_VERSIONS:
+        raise ValueError(f"version must be one of {AUTOATTACK_VERSIONS}, got {version!r}")
+    if version == "rand":
+        raise NotImplementedError(
+            'version="rand" needs APGD with EoT over a randomized logits_fn (gradients averaged '
+            "over 20 draws), which advjax.attacks.apgd does not have yet")
+    targets = max(1, min(num_target_classes, num_classes - 1))
+    bounds = threat.check_bounds(bounds)
+    p = functools.partial
+    apgd_ce = lambda restarts: p(attacks_lib.apgd, eps=eps, norm=norm, steps=steps, loss="ce",
+                                 restarts=restarts, bounds=bounds)
+    apgd_dlr = p(attacks_lib.apgd, eps=eps, norm=norm, steps=steps, loss="dlr", restarts=5,
+                 bounds=bounds)
+    apgd_t = p(attacks_lib.apgd_t, eps=eps, norm=norm, steps=steps, num_target_classes=targets,
+               bounds=bounds)
+    fab_t = p(attacks_lib.fab, eps=eps, norm=norm, steps=steps, targeted=True,
+              num_target_classes=targets, bounds=bounds)
+    fab = p(attacks_lib.fab, eps=eps, norm=norm, steps=steps, restarts=5, bounds=bounds)
+    square = p(attacks_lib.square, eps=eps, norm=norm, n_queries=n_queries, p_init=0.8,
+               rescale_schedule=False, variant="autoattack", bounds=bounds)
+    if version == "standard":
+        return [("apgd-ce", apgd_ce(1)), ("apgd-t", apgd_t), ("fab-t", fab_t), ("square", square)]
+    return [("apgd-ce", apgd_ce(5)), ("apgd-dlr", apgd_dlr), ("fab", fab), ("square", square),
+            ("apgd-t", apgd_t), ("fab-t", fab_t)]
+
+
+@dataclasses.dataclass
+class AutoAttackResult:
+    """What `autoattack` found. Accuracies are fractions in [0, 1].
+
+    stages: robust accuracy after each stage of the cascade, in order (the last one is `robust`).
+    broken_by: per example, 0 if misclassified at x, k >= 1 if the k-th stage broke it, -1 if robust.
+    checks: counts behind the warnings (see `autoattack`); warnings: the messages, one per check
+      that fired.
+    """
+    n: int
+    norm: str
+    eps: float
+    version: str
+    clean: float
+    stages: Dict[str, float]
+    broken_by: np.ndarray
+    seconds: Dict[str, float]
+    checks: Dict[str, int]
+    warnings: List[str]
+    x_adv: Optional[np.ndarray] = None
+
+    @property
+    def robust(self) -> float:
+        return list(self.stages.values())[-1] if self.stages else self.clean
+
+    @property
+    def correct(self) -> np.ndarray:
+        """Per-example robustness: correct at x and not broken by any stage."""
+        return self.broken_by < 0
+
+    def as_dict(self) -> Dict[str, Any]:
+        out = {"autoattack": self.robust, "autoattack/clean": self.clean,
+               "autoattack/n": self.n, "autoattack/norm": self.norm, "autoattack/eps": self.eps,
+               "autoattack/version": self.version}
+        out.update({f"autoattack/{k}": v for k, v in self.stages.items()})
+        out.update({f"autoattack/checks/{k}": v for k, v in self.checks.items()})
+        out["autoattack/warnings"] = list(self.warnings)
+        return out
+
+    def markdown(self, title: str = "") -> str:
+        head = title or f"AutoAttack ({self.version}, {self.norm}, eps = {self.eps:g})"
+        lines = [f"### {head}", f"n = {self.n} test examples", "",
+                 "| stage | robust accuracy (%) | broken here | seconds |", "|---|---:|---:|---:|",
+                 f"| clean | {100 * self.clean:.2f} | {int(np.sum(self.broken_by == 0))} | "
+                 f"{self.seconds.get('clean', 0.0):.1f} |"]
+        for k, (name, acc) in enumerate(self.stages.items(), start=1):
+            lines.append(f"| {name} | {100 * acc:.2f} | {int(np.sum(self.broken_by == k))} | "
+                         f"{self.seconds.get(name, 0.0):.1f} |")
+        lines.append("")
+        lines.append("Checks: " + ", ".join(f"{k} = {v}" for k, v in self.checks.items()))
+        lines += [f"- WARNING: {w}" for w in self.warnings]
+        return "\n".join(lines) + "\n"
+
+
+def _stage_outputs(logits_fn, attack, x, y, key, valid):
+    """One cascade stage on a batch: predictions at attack(x), `_output_stats`, and attack(x)."""
+    kwargs = {"valid": valid} if is_batch_level(attack) else {}
+    x_adv = attack(logits_fn, x, y, key=key, **kwargs)
+    logits = logits_fn(x_adv)
+    return jnp.argmax(logits, -1), _output_stats(x, x_adv, logits, threat_of(attack)[1]), x_adv
+
+
+def _clean_pass(logits_fn, x, y):
+    """Predictions, finite-logit rows and zero-gradient rows (the cross-entropy's input gradient is
+    exactly 0) at the clean inputs, in one forward and backward pass."""
+    from advjax import losses as losses_lib
+
+    def total(xx):
+        logits = logits_fn(xx)
+        return jnp.sum(losses_lib.cross_entropy(logits, y)), logits
+
+    g, logits = jax.grad(total, has_aux=True)(x)
+    zero = jnp.all(g.reshape(g.shape[0], -1) == 0, axis=1)
+    return jnp.argmax(logits, -1), jnp.all(jnp.isfinite(logits), axis=-1), zero
+
+
+def _probability_rows(logits, tol: float = 1e-5) -> int:
+    """Rows that look like probabilities: non-negative, at most 1, summing to 1 (the reference's
+    `check_range_output`)."""
+    z = np.asarray(logits, np.float64)
+    rows = (z.min(axis=1) > -tol) & (z.max(axis=1) < 1 + tol) & (np.abs(z.sum(axis=1) - 1) < tol)
+    return int(rows.sum())
+
+
+def _randomized_rows(logits_fn, x, tol: float = 1e-4) -> int:
+    """Rows whose (l2-normalized) logits differ between identical calls: two eager calls and two
+    calls of the jitted function (the reference's `check_randomized` compares 5 calls, 1e-4)."""
+    jitted = jax.jit(logits_fn)
+    outs = [np.asarray(logits_fn(x), np.float64), np.asarray(logits_fn(x), np.float64),
+            np.asarray(jitted(x), np.float64), np.asarray(jitted(x), np.float64)]
+    normed = [o / (np.linalg.norm(o, axis=1, keepdims=True) + 1e-10) for o in outs]
+    changed = np.zeros(len(x), bool)
+    for a, b in ((0, 1), (2, 3)):
+        changed |= np.linalg.norm(normed[a] - normed[b], axis=1) > tol
+        changed |= outs[a].argmax(1) != outs[b].argmax(1)
+    return int(changed.sum())
+
+
+def _collect(data, limit):
+    """All of `data` (arrays or an iterable of batches) as host arrays, the first `limit` examples."""
+    if isinstance(data, tuple) and len(data) == 2 and hasattr(data[0], "shape"):
+        x, y = np.asarray(data[0]), np.asarray(data[1])
+        if len(x) != len(y):
+            raise ValueError(f"data: {len(x)} inputs but {len(y)} labels")
+        return x[:limit], y[:limit]
+    xs, ys, n = [], [], 0
+    for bx, by in _as_batches(data, 1 << 30):
+        xs.append(bx)
+        ys.append(by)
+        n += len(bx)
+        if limit is not None and n >= limit:
+            break
+    if not xs:
+        raise ValueError("data: no examples to evaluate")
+    return np.concatenate(xs)[:limit], np.concatenate(ys)[:limit]
+
+
+class _StageProgress:
+    """Progress over the batches of one stage: a tqdm bar when available, else printed lines."""
+
+    def __init__(self, stage: str, total: int, enabled: bool):
+        self.bar, self.stage, self.total, self.enabled = None, stage, total, enabled
+        if enabled:
+            try:
+                import sys
+                from tqdm import tqdm
+                self.bar = tqdm(total=total, desc=f"autoattack {stage}", unit="batch",
+                                dynamic_ncols=True, file=sys.stderr)
+            except ImportError:
+                pass
+
+    def update(self, done: int, robust: int, n: int):
+        if self.bar is not None:
+            self.bar.set_postfix({"robust": f"{robust}/{n}"}, refresh=False)
+            self.bar.update(1)
+        elif self.enabled:
+            print(f"  autoattack {self.stage}: batch {done}/{self.total}, robust {robust}/{n}",
+                  flush=True)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def autoattack(logits_fn: Callable[[jax.Array], jax.Array],
+               data: Union[Tuple[np.ndarray, np.ndarray], Iterable[Any]], *, norm: str, eps: float,
+               version: str = "standard", key: jax.Array, batch_size: int = 256,
+               limit: Optional[int] = None, return_examples: bool = False,
+               progress: bool = False, stages: Optional[Sequence[Tuple[str, AttackFn]]] = None,
+               warn: bool = True, bounds: threat.Bounds = threat.DEFAULT_BOUNDS) -> AutoAttackResult:
+    """AutoAttack (Croce & Hein, ICML 2020) on `data`: its cascade of attacks and sanity checks.
+
+    Cascade: clean predictions first; then each stage of `autoattack_stages(norm, eps, version)`
+    (or `stages`) runs only on the examples that every earlier stage left correctly classified,
+    gathered into full batches of `batch_size` (the last one padded; fewer survivors than that make
+    one batch of their number rounded up to a multiple of 8), stage j's batch c with key
+    fold_in(fold_in(key, j), c). Every stage's output is checked like `robust_accuracy`'s (finite,
+    in the box, in the eps-ball, finite logits): an error, never a count.
+
+    Checks (AutoAttack's flags; each is a warning naming its count, in `result.warnings`, and with
+    `warn` also a Python warning):
+      probability_outputs: rows of the first batch whose outputs are non-negative and sum to 1 --
+        logits_fn seems to return probabilities; the losses need logits;
+      randomized: rows of the first batch whose outputs change between identical calls -- a
+        randomized defence, for which version="rand" (EoT) is the right evaluation;
+      zero_gradient: examples whose cross-entropy input gradient at x is exactly zero -- gradient
+        attacks cannot move them (saturated softmax, quantization, ...);
+      broken_after_apgd: examples that the APGD stages before FAB or Square left robust and FAB or
+        Square broke -- a sign of gradient masking (the reference warns when Square lowers robust
+        accuracy).
+
+    Args:
+      data: (x, y) arrays or an iterable of (x, y) / {"image", "label"} batches, x in the box.
+      norm, eps: the threat model ("linf" or "l2").
+      version: "standard", "plus" (or "rand", not yet available).
+      return_examples: also return the adversarial examples (x where no stage succeeded).
+      progress: a progress bar (tqdm, else printed lines) over the batches of each stage.
+      stages: (label, attack) pairs to run instead of the version's (each checked in its own box).
+      bounds: the valid-input box (lo, hi) of the data and of every stage (default (0, 1)).
+    """
+    _validation.check_positive_int(batch_size, "batch_size")
+    _validation.check_nonnegative(eps, "eps")
+    x_all, y_all = _collect(data, limit)
+    if len(x_all) == 0:
+        raise ValueError("data: no examples to evaluate")
+    y_all = labels_as_int32(y_all)
+    n = len(x_all)
+    num_classes = int(jax.eval_shape(logits_fn, jax.ShapeDtypeStruct(
+        (batch_size,) + x_all.shape[1:], x_all.dtype)).shape[-1])
+    bounds = threat.check_bounds(bounds)
+    if stages is None:
+        stages = autoattack_stages(norm, float(eps), version, num_classes=num_classes,
+                                   bounds=bounds)
+    stages = list(stages)
+    dim = int(np.prod(x_all.shape[1:]))
+    seconds: Dict[str, float] = {"clean": 0.0}
+
+    # Clean pass (and the zero-gradient check) over all examples.
+    clean_fn = jax.jit(functools.partial(_clean_pass, logits_fn))
+    robust = np.zeros(n, bool)
+    zero_grad = np.zeros(n, bool)
+    t0 = time.perf_counter()
+    for start in range(0, n, batch_size):
+        xb, yb = x_all[start:start + batch_size], y_all[start:start + batch_size]
+        m = len(xb)
+        _check_data_batch(logits_fn, jnp.asarray(xb), jnp.asarray(yb),
+                          [bounds] + [threat_of(a)[2] for _, a in stages])
+        pred, finite, zero = clean_fn(jnp.asarray(_pad(xb, batch_size)),
+                                      jnp.asarray(_pad(yb, batch_size)))
+        check_clean_logits(finite, m)
+        robust[start:start + m] = np.asarray(pred)[:m] == yb
+        zero_grad[start:start + m] = np.asarray(zero)[:m]
+    seconds["clean"] = time.perf_counter() - t0
+    clean = float(robust.mean())
+    broken_by = np.where(robust, -1, 0).astype(np.int32)
+
+    first = jnp.asarray(x_all[:batch_size])
+    checks = {"probability_outputs": _probability_rows(jax.jit(logits_fn)(first)),
+              "randomized": _randomized_rows(logits_fn, first),
+              "zero_gradient": int(zero_grad.sum())}
+
+    x_adv = np.array(x_all, copy=True) if return_examples else None
+    results: Dict[str, float] = {}
+    for j, (name, attack) in enumerate(stages, start=1):
+        eps_j, norm_j, bounds_j = threat_of(attack)
+        run = jax.jit(functools.partial(_stage_outputs, logits_fn, attack))
+        todo = np.flatnonzero(robust)
+        # Every stage compiles its own program, so a stage whose survivors fit in one batch can
+        # use a smaller one (rounded up to a multiple of 8) at no extra compilation.
+        size = min(batch_size, max(8, -(-len(todo) // 8) * 8))
+        chunks = range(0, len(todo), size)  # empty once nothing is left to attack
+        bar = _StageProgress(name, len(chunks), progress)
+        t0 = time.perf_counter()
+        for c, start in enumerate(chunks):
+            idx = todo[start:start + size]
+            m = len(idx)
+            xb = jnp.asarray(_pad(x_all[idx], size))
+            yb = jnp.asarray(_pad(y_all[idx], size))
+            kb = jax.random.fold_in(jax.random.fold_in(key, j), c)
+            pred, stats, xb_adv = run(xb, yb, kb, jnp.arange(size) < m)
+            check_attack_output(name, stats, m, eps_j, norm_j, bounds_j, dim)
+            fooled = np.asarray(pred)[:m] != y_all[idx]
+            robust[idx[fooled]] = False
+            broken_by[idx[fooled]] = j
+            if return_examples and fooled.any():
+                x_adv[idx[fooled]] = np.asarray(xb_adv)[:m][fooled]
+            bar.update(c + 1, int(robust.sum()), n)
+        bar.close()
+        seconds[name] = time.perf_counter() - t0
+        results[name] = float(robust.mean())
+
+    stage_names = [name for name, _ in stages]
+    after_apgd = [k for k, s in enumerate(stage_names, start=1) if s in _NON_APGD_STAGES
+                  and any(t.startswith("apgd") for t in stage_names[:k - 1])]
+    checks["broken_after_apgd"] = int(np.isin(broken_by, after_apgd).sum())
+    messages = _check_messages(checks, n, batch_size, len(first), stage_names, broken_by)
+    if warn:
+        import warnings as warnings_lib
+        for msg in messages:
+            warnings_lib.warn(f"autoattack: {msg}", stacklevel=2)
+    return AutoAttackResult(n=n, norm=norm, eps=float(eps), version=version, clean=clean,
+                            stages=results, broken_by=broken_by, seconds=seconds, checks=checks,
+                            warnings=messages, x_adv=x_adv)
+
+
+def _check_messages(checks, n, batch_size, first, stage_names, broken_by) -> List[str]:
+    out = []
+    if checks["probability_outputs"] == first:
+        out.append(f"logits_fn's outputs look like probabilities: all {first} rows of the first "
+                   f"batch are non-negative and sum to 1; pass logits (the losses assume them)")
+    if checks["randomized"]:
+        out.append(f"logits_fn looks randomized: its outputs changed between identical calls on "
+                   f"{checks['randomized']} of {first} examples; use version=\"rand\" (EoT)")
+    if checks["zero_gradient"]:
+        out.append(f"{checks['zero_gradient']} of {n} examples have an exactly zero input gradient "
+                   f"of the cross-entropy at x; gradient attacks cannot move them (saturated "
+                   f"softmax, quantization or another gradient-masking operation)")
+    if checks["broken_after_apgd"]:
+        per_stage = ", ".join(f"{s} {int(np.sum(broken_by == k))}"
+                              for k, s in enumerate(stage_names, start=1) if s in _NON_APGD_STAGES)
+        out.append(f"{checks['broken_after_apgd']} examples survived the APGD stages and fell to "
+                   f"FAB or Square ({per_stage}): a sign of gradient masking; gradient-based "
+                   f"evaluations of this model are unreliable")
+    return out
