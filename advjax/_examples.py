@@ -101,13 +101,16 @@ def save_examples(path: str, examples: Any, *, params: Any = None) -> str:
       params: the attacked model's parameters; their `model_hash` is stored (else the file's hash is
         the one already in `examples`, or None).
     """
-    ex = examples if isinstance(examples, AdversarialExamples) else getattr(examples, "examples", None)
+    ex = examples
+    if not isinstance(ex, AdversarialExamples):
+        ex = getattr(examples, "examples", None)
     if not isinstance(ex, AdversarialExamples):
         raise ValueError("examples must be AdversarialExamples or a robust_accuracy result computed "
                          "with return_examples=True")
     digest = model_hash(params) if params is not None else ex.model_hash
     names = list(ex.x_adv)
-    meta = {"format": FORMAT, "names": names, "specs": {k: _jsonable(v) for k, v in ex.specs.items()},
+    meta = {"format": FORMAT, "names": names,
+            "specs": {k: _jsonable(v) for k, v in ex.specs.items()},
             "eps": {k: ex.eps.get(k) for k in names}, "targets": sorted(ex.targets),
             "key_impl": ex.key_impl, "model_hash": digest, "has_key": ex.key_data is not None}
     arrays = {"meta": np.array(json.dumps(meta)), "y": np.asarray(ex.y)}
@@ -139,7 +142,8 @@ def load_examples(path: str) -> AdversarialExamples:
             x_adv={k: f[f"x_adv_{i}"] for i, k in enumerate(names)},
             success={k: f[f"success_{i}"] for i, k in enumerate(names)},
             y=f["y"],
-            targets={k: f[f"targets_{i}"] for i, k in enumerate(names) if k in meta["targets"]},
+            targets={k: f[f"targets_{i}"] for i, k in enumerate(names)
+                     if k in meta["targets"]},
             specs=meta["specs"], eps=meta["eps"],
             key_data=f["key_data"] if meta["has_key"] else None, key_impl=meta["key_impl"],
             model_hash=meta["model_hash"])

@@ -6,10 +6,12 @@ following Carlini et al.'s advice to report per-example accuracy under the worst
 The clean input counts as one of the attacks in the minimum (x lies in every eps-ball: the identity is
 an admissible attack), so A_rob <= clean accuracy even when an attack happens to turn a clean mistake
 into a correct prediction.
-Evaluation runs batch by batch; each attack is compiled once (`jax.jit`) and the last partial batch is
-padded to the batch size (padded rows are masked out of every count), so a whole test set costs one
-compilation per attack. Inputs are validated (finite, in [0, 1], integer labels in range, checked
-before any cast) on the host before the jitted calls, so bad data fails with a clear error even though
+Evaluation runs batch by batch; each attack is compiled once (`jax.jit`, with eps and step sizes as
+traced arguments, so an eps sweep shares the program) and the last partial batch is padded to the
+batch size (padded rows are masked out of every count), so a whole test set costs one compilation per
+attack. Each batch is split over the local devices (a 1-D mesh along the batch axis). Inputs are
+validated (finite, in [0, 1], integer labels in range, checked before any cast) on the host before
+the jitted calls, so bad data fails with a clear error even though
 the attacks themselves run traced; so is what comes back (`check_clean_logits`,
 `check_attack_output`): non-finite logits, or an attack output that is non-finite, outside the box or
 outside its eps-ball, is an error rather than a count.
@@ -95,7 +97,8 @@ class RobustAccuracy:
         hit = lambda k: f" {100 * self.targeted[k]:.2f} |" if k in self.targeted else " |"
         tcol = bool(self.targeted)
         lines = [f"### {title}" if title else "", f"n = {self.n} test examples", "",
-                 "| evaluation | accuracy (%) | seconds |" + (" targeted success (%) |" if tcol else ""),
+                 "| evaluation | accuracy (%) | seconds |"
+                 + (" targeted success (%) |" if tcol else ""),
                  "|---|---:|---:|" + ("---:|" if tcol else "")]
         lines += [f"| {name} | {100 * acc:.2f} | {sec:.1f} |" + (hit(name) if tcol else "")
                   for name, acc, sec in rows]
@@ -622,12 +625,12 @@ def robust_accuracy(logits_fn: Callable[[jax.Array], jax.Array],
                 if name in set_level:
                     c = columns[name]
                     t0 = time.perf_counter()
-                    set_adv[i, name] = np.asarray(c.static(
-                        logits_fn, jnp.asarray(xs), jnp.asarray(ys),
-                        key=jax.random.fold_in(set_key, j), **c.hyper(e)))
-                    check_attack_output(name, set_stats(jnp.asarray(xs), jnp.asarray(set_adv[i, name]),
-                                                        c.norm), len(xs), c.hyper(e).get("eps"),
-                                        c.norm, c.bounds, int(np.prod(xs.shape[1:])))
+                    x_adv = np.asarray(c.static(logits_fn, jnp.asarray(xs), jnp.asarray(ys),
+                                                key=jax.random.fold_in(set_key, j), **c.hyper(e)))
+                    check_attack_output(name, set_stats(jnp.asarray(xs), jnp.asarray(x_adv), c.norm),
+                                        len(xs), c.hyper(e).get("eps"), c.norm, c.bounds,
+                                        int(np.prod(xs.shape[1:])))
+                    set_adv[i, name] = x_adv
                     set_seconds[i, name] = time.perf_counter() - t0
     correct: Dict[Any, List[np.ndarray]] = {"clean": []}
     correct.update({col: [] for col in cols})
@@ -717,7 +720,8 @@ def robust_accuracy(logits_fn: Callable[[jax.Array], jax.Array],
                 success={name: hit[name] if name in hit else ~corr[name] for name in attacks},
                 y=y_all,
                 targets={name: np.concatenate(kept["targets"]["hit", i, name]) for name in hit},
-                specs={name: dict(columns[name].spec, **columns[name].hyper(e)) for name in attacks},
+                specs={name: dict(columns[name].spec, **columns[name].hyper(e))
+                       for name in attacks},
                 eps={name: columns[name].hyper(e).get("eps") for name in attacks},
                 key_data=key_data, key_impl=key_impl)
         results.append(RobustAccuracy(
