@@ -180,17 +180,26 @@ def test_targeted_success_rate(model):
 
 
 def test_targeted_success_with_advjax_targeted(model):
+    """`advjax.attacks.targeted` with random targets: the success rate is scored against the
+    targets the attack drew from its key (recomputed here from the stored examples)."""
     if not hasattr(attacks, "targeted"):
         pytest.skip("advjax.attacks.targeted is not on this branch")
     _, f, x, y = model
-    atk = attacks.targeted(attacks.apgd_t, attacks.targets.most_likely(1))
-    res = evaluate.robust_accuracy(f, (x, y), {"apgd_t": functools.partial(atk, eps=0.3, steps=10)},
-                                   key=jax.random.PRNGKey(8), batch_size=8, targeted=True,
-                                   return_examples=True)
+    atk = attacks.targeted(attacks.pgd, attacks.targets.random())
+    res = evaluate.robust_accuracy(
+        f, (x, y), {"pgd_t": functools.partial(atk, eps=0.3, step_size=0.05, steps=10)},
+        key=jax.random.PRNGKey(8), batch_size=8, targeted=True, return_examples=True)
     ex = res.examples
-    pred = np.asarray(jnp.argmax(f(jnp.asarray(ex.x_adv["apgd_t"])), -1))
-    assert res.targeted["apgd_t"] == pytest.approx(np.mean(pred == ex.targets["apgd_t"]))
-    assert np.all(ex.targets["apgd_t"] != y) and res.targeted["apgd_t"] > 0
+    pred = np.asarray(jnp.argmax(f(jnp.asarray(ex.x_adv["pgd_t"])), -1))
+    assert res.targeted["pgd_t"] == pytest.approx(np.mean(pred == ex.targets["pgd_t"]))
+    assert np.all(ex.targets["pgd_t"] != y) and res.targeted["pgd_t"] > 0.5
+    # The targets are the ones the attack used: batch b's key, split as `targeted` splits it.
+    for b in range(3):
+        kb = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(8), b), 0)
+        rows = slice(8 * b, min(8 * b + 8, len(x)))
+        xb, yb = evaluate._pad(x[rows], 8), evaluate._pad(y[rows], 8)   # as robust_accuracy pads
+        t = np.asarray(atk.targets(f, jnp.asarray(xb), jnp.asarray(yb), kb))
+        np.testing.assert_array_equal(ex.targets["pgd_t"][rows], t[:len(x[rows])])
 
 
 def test_progress_bar_shows_images_per_second_and_accuracies(model, capsys):
