@@ -44,21 +44,58 @@ def attack_from_spec(spec: Mapping[str, Any]) -> Tuple[str, AttackFn]:
     """Builds (label, attack) from a config spec such as {"name": "pgd", "eps": 0.1, "steps": 20}.
 
     The optional "label" names the column (default: the attack name). Unknown hyperparameters fail
-    here, with the attack's valid keyword arguments, rather than at the first batch.
+    here, with the attack's valid keyword arguments, rather than at the first batch. The optional
+    "target" puts the attack in its targeted mode with a rule of `advjax.attacks.targets`
+    (`advjax.attacks.targeted`): a rule name ("random", "least_likely", "most_likely") or a dict
+    {"rule": name, **arguments}, e.g. {"rule": "most_likely", "k": 2} or {"rule": "by_label_map",
+    "mapping": [1, 2, ..., 0]}; `robust_accuracy(targeted=True)` then reports its targeted success.
     """
     spec = dict(spec)
     if "name" not in spec:
         raise ValueError(f"attack spec needs a 'name', got {spec}")
     name = spec.pop("name")
     label = spec.pop("label", name)
+    target = spec.pop("target", None)
     fn = attacks_lib.get_attack(name)
     params = inspect.signature(fn).parameters
     kwonly = {k for k, p in params.items() if p.kind == p.KEYWORD_ONLY and k != "key"}
+    if target is not None:
+        kwonly -= {"targeted", "targets"}  # set by the targeted mode
     unknown = set(spec) - kwonly
     if unknown:
         raise ValueError(f"attack {name!r} got unknown hyperparameters {sorted(unknown)}; "
                          f"valid: {sorted(kwonly)}")
+    if target is not None:
+        fn = _targeted_from_spec(name, fn, target)
     return label, functools.partial(fn, **spec)
+
+
+_SPEC_RULES = ("random", "least_likely", "most_likely", "by_label_map")
+
+
+def _targeted_from_spec(name: str, fn: AttackFn, target: Any) -> AttackFn:
+    """`advjax.attacks.targeted(fn, rule)` for a spec's "target" entry (see `attack_from_spec`)."""
+    targets_lib = getattr(attacks_lib, "targets", None)
+    if targets_lib is None or not hasattr(attacks_lib, "targeted"):
+        raise ValueError("attack spec 'target' needs advjax.attacks.targets, which this version "
+                         "of advjax does not have")
+    args = {}
+    if hasattr(target, "to_dict"):  # an ml_collections ConfigDict from a config file
+        target = target.to_dict()
+    if isinstance(target, Mapping):
+        args = dict(target)
+        rule = args.pop("rule", None)
+    else:
+        rule = target
+    if rule not in _SPEC_RULES:
+        raise ValueError(f"attack {name!r}: target must name a rule in {_SPEC_RULES} (or be a dict "
+                         f"with 'rule' and its arguments), got {target!r}")
+    try:
+        select = getattr(targets_lib, rule)(**args)
+    except TypeError as e:
+        raise ValueError(f"attack {name!r}: bad arguments {args} for target rule {rule!r}: {e}") \
+            from None
+    return attacks_lib.targeted(fn, select)
 
 
 @dataclasses.dataclass

@@ -200,6 +200,22 @@ def test_targeted_success_with_advjax_targeted(model):
         xb, yb = evaluate._pad(x[rows], 8), evaluate._pad(y[rows], 8)   # as robust_accuracy pads
         t = np.asarray(atk.targets(f, jnp.asarray(xb), jnp.asarray(yb), kb))
         np.testing.assert_array_equal(ex.targets["pgd_t"][rows], t[:len(x[rows])])
+    # The same attack from a config spec ("target": a rule of advjax.attacks.targets).
+    spec = {"name": "pgd", "label": "pgd_t", "eps": 0.3, "step_size": 0.05, "steps": 10,
+            "target": "random"}
+    res2 = evaluate.robust_accuracy(f, (x, y), [spec], key=jax.random.PRNGKey(8), batch_size=8,
+                                    targeted=True)
+    assert res2.targeted == res.targeted and res2.attacks == res.attacks
+    _, most = evaluate.attack_from_spec(dict(spec, target={"rule": "most_likely", "k": 2}))
+    np.testing.assert_array_equal(
+        most.func.targets(f, jnp.asarray(x), jnp.asarray(y), None),
+        attacks.targets.most_likely(2)(f, jnp.asarray(x), jnp.asarray(y), None))
+    with pytest.raises(ValueError, match="must name a rule"):
+        evaluate.attack_from_spec(dict(spec, target="nearest"))
+    with pytest.raises(ValueError, match="bad arguments"):
+        evaluate.attack_from_spec(dict(spec, target={"rule": "most_likely", "j": 1}))
+    with pytest.raises(ValueError, match="targeted"):   # set by the targeted mode
+        evaluate.attack_from_spec(dict(spec, targeted=True))
 
 
 def test_progress_bar_shows_images_per_second_and_accuracies(model, capsys):
