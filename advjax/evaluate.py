@@ -496,8 +496,9 @@ class _Runner:
     def __call__(self, x, y, key, valid, hyper: Dict[str, float], replicate):
         if self.use_traced:
             try:
+                # Weakly typed (as a Python float would be): bfloat16 inputs stay bfloat16.
                 return self.traced(x, y, key, valid,
-                                   {k: replicate(np.float32(v)) for k, v in hyper.items()})
+                                   {k: replicate(jnp.asarray(float(v))) for k, v in hyper.items()})
             except (TypeError, ValueError):  # ConcretizationTypeError is a TypeError
                 self.use_traced = False
         k = tuple(sorted(hyper.items()))

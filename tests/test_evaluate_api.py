@@ -75,6 +75,21 @@ def test_eps_sweep_compiles_each_attack_once_and_equals_single_eps_calls(model):
     assert np.max(np.abs(xa - x)) <= 0.2 + 1e-6 and np.max(np.abs(xa - x)) > 0.1
 
 
+def test_traced_eps_keeps_the_input_dtype(model):
+    """eps is passed weakly typed, like the Python float it replaces, so arithmetic with it keeps
+    the inputs' dtype (a strongly typed float32 eps would turn bfloat16 inputs into float32)."""
+    _, f, x, y = model
+
+    def zero_step(logits_fn, x, y, *, key, eps):
+        return x + 0 * eps
+
+    g = lambda z: f(z.astype(jnp.float32))
+    xb = np.asarray(jnp.asarray(x, jnp.bfloat16))
+    res = evaluate.robust_accuracy(g, (xb, y), {"z": zero_step}, eps=[0.1, 0.2],
+                                   key=jax.random.PRNGKey(0), batch_size=21, return_examples=True)
+    assert res[1].examples.x_adv["z"].dtype == jnp.bfloat16
+
+
 def test_accuracy_vs_eps_takes_a_callable_and_a_spec(model):
     _, f, x, y = model
     traces = {}
