@@ -676,7 +676,9 @@ def robust_accuracy(logits_fn: Callable[[jax.Array], jax.Array],
     correct.update(hits)
     kept = {"x_adv": {col: [] for col in cols}, "targets": {col: [] for col in hits}}
     seconds = {k: set_seconds.get(k, 0.0) for k in ["clean"] + cols}
-    bar = _EvalProgress(_num_examples(data, limit), progress)
+    # This process's examples (in a multi-process run a share of them, whose size is not known
+    # in advance: no total).
+    bar = _EvalProgress(_num_examples(data, limit) if num_shards == 1 else None, progress)
     n, num_batches, batch_ids, ys_kept = 0, 0, [], []
     for b, (x, y) in enumerate(_as_batches(data, batch_size)):
         if limit is not None and n >= limit:
