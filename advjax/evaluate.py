@@ -6,13 +6,15 @@ following Carlini et al.'s advice to report per-example accuracy under the worst
 The clean input counts as one of the attacks in the minimum (x lies in every eps-ball: the identity is
 an admissible attack), so A_rob <= clean accuracy even when an attack happens to turn a clean mistake
 into a correct prediction.
-Evaluation runs batch by batch; each attack is compiled once (`jax.jit`) and the last partial batch is
-padded to the batch size (padded rows are masked out of every count), so a whole test set costs one
-compilation per attack. Inputs are validated (finite, in each attack's box `bounds`, default [0, 1],
-integer labels in range, checked before any cast) on the host before the jitted calls, so bad data
-fails with a clear error even though the attacks themselves run traced; so is what comes back
-(`check_clean_logits`, `check_attack_output`): non-finite logits, or an attack output that is
-non-finite, outside its box or outside its eps-ball, is an error rather than a count.
+Evaluation runs batch by batch; each attack is compiled once (`jax.jit`, with eps and step sizes as
+traced arguments, so an eps sweep shares the program) and the last partial batch is padded to the
+batch size (padded rows are masked out of every count), so a whole test set costs one compilation per
+attack. Each batch is split over the local devices (a 1-D mesh along the batch axis). Inputs are
+validated (finite, in each attack's box `bounds`, default [0, 1], integer labels in range, checked
+before any cast) on the host before the jitted calls, so bad data fails with a clear error even
+though the attacks themselves run traced; so is what comes back (`check_clean_logits`,
+`check_attack_output`): non-finite logits, or an attack output that is non-finite, outside its box
+or outside its eps-ball, is an error rather than a count.
 
 `autoattack` runs AutoAttack (Croce & Hein, ICML 2020): its cascade of APGD-CE, APGD-T, FAB-T and
 Square, each on the examples still robust, with AutoAttack's sanity checks.
@@ -32,6 +34,8 @@ import numpy as np
 
 from advjax import attacks as attacks_lib
 from advjax import threat
+from advjax._examples import (AdversarialExamples, key_data_of, load_examples, model_hash,
+                              save_examples)
 from advjax.attacks import _validation
 
 AttackFn = Callable[..., jax.Array]
@@ -41,49 +45,169 @@ def attack_from_spec(spec: Mapping[str, Any]) -> Tuple[str, AttackFn]:
     """Builds (label, attack) from a config spec such as {"name": "pgd", "eps": 0.1, "steps": 20}.
 
     The optional "label" names the column (default: the attack name). Unknown hyperparameters fail
-    here, with the attack's valid keyword arguments, rather than at the first batch.
+    here, with the attack's valid keyword arguments, rather than at the first batch. The optional
+    "target" puts the attack in its targeted mode with a rule of `advjax.attacks.targets`
+    (`advjax.attacks.targeted`): a rule name ("random", "least_likely", "most_likely") or a dict
+    {"rule": name, **arguments}, e.g. {"rule": "most_likely", "k": 2} or {"rule": "by_label_map",
+    "mapping": [1, 2, ..., 0]}; `robust_accuracy(targeted=True)` then reports its targeted success.
     """
     spec = dict(spec)
     if "name" not in spec:
         raise ValueError(f"attack spec needs a 'name', got {spec}")
     name = spec.pop("name")
     label = spec.pop("label", name)
+    target = spec.pop("target", None)
     fn = attacks_lib.get_attack(name)
     params = inspect.signature(fn).parameters
     kwonly = {k for k, p in params.items() if p.kind == p.KEYWORD_ONLY and k != "key"}
+    if target is not None:
+        kwonly -= {"targeted", "targets"}  # set by the targeted mode
     unknown = set(spec) - kwonly
     if unknown:
         raise ValueError(f"attack {name!r} got unknown hyperparameters {sorted(unknown)}; "
                          f"valid: {sorted(kwonly)}")
+    if target is not None:
+        fn = _targeted_from_spec(name, fn, target)
     return label, functools.partial(fn, **spec)
+
+
+_SPEC_RULES = ("random", "least_likely", "most_likely", "by_label_map")
+
+
+def _targeted_from_spec(name: str, fn: AttackFn, target: Any) -> AttackFn:
+    """`advjax.attacks.targeted(fn, rule)` for a spec's "target" entry (see `attack_from_spec`)."""
+    targets_lib = getattr(attacks_lib, "targets", None)
+    if targets_lib is None or not hasattr(attacks_lib, "targeted"):
+        raise ValueError("attack spec 'target' needs advjax.attacks.targets, which this version "
+                         "of advjax does not have")
+    args = {}
+    if hasattr(target, "to_dict"):  # an ml_collections ConfigDict from a config file
+        target = target.to_dict()
+    if isinstance(target, Mapping):
+        args = dict(target)
+        rule = args.pop("rule", None)
+    else:
+        rule = target
+    if rule not in _SPEC_RULES:
+        raise ValueError(f"attack {name!r}: target must name a rule in {_SPEC_RULES} (or be a dict "
+                         f"with 'rule' and its arguments), got {target!r}")
+    try:
+        select = getattr(targets_lib, rule)(**args)
+    except TypeError as e:
+        raise ValueError(f"attack {name!r}: bad arguments {args} for target rule {rule!r}: {e}") \
+            from None
+    return attacks_lib.targeted(fn, select)
 
 
 @dataclasses.dataclass
 class RobustAccuracy:
-    """Counts from `robust_accuracy`; accuracies are fractions in [0, 1]."""
+    """Counts from `robust_accuracy`; accuracies are fractions in [0, 1].
+
+    eps: each attack's radius as run (None for attacks without one). targeted: with
+    `robust_accuracy(targeted=True)`, each targeted attack's success rate (the fraction of examples
+    classified as their target). examples: with `return_examples=True`, the adversarial examples
+    (`AdversarialExamples`; write them with `save_examples`).
+    """
     n: int
     clean: float
     attacks: Dict[str, float]
     a_rob: Optional[float]
     correct: Dict[str, np.ndarray]  # per-example correctness, "clean" and one entry per attack
     seconds: Dict[str, float]
+    eps: Dict[str, Optional[float]] = dataclasses.field(default_factory=dict)
+    targeted: Dict[str, float] = dataclasses.field(default_factory=dict)
+    examples: Optional[AdversarialExamples] = None
 
     def as_dict(self) -> Dict[str, Any]:
         out = {"n": self.n, "clean": self.clean, **{f"attack/{k}": v for k, v in self.attacks.items()}}
+        out.update({f"targeted/{k}": v for k, v in self.targeted.items()})
         if self.a_rob is not None:
             out["a_rob"] = self.a_rob
         return out
 
     def markdown(self, title: str = "") -> str:
-        """A Markdown table: one row per column (clean, each attack, A_rob), accuracy in percent."""
+        """A Markdown table: one row per column (clean, each attack, A_rob), accuracy in percent;
+        targeted success rates, if any, in a column of their own."""
         rows = [("clean", self.clean, self.seconds.get("clean", 0.0))]
         rows += [(k, v, self.seconds.get(k, 0.0)) for k, v in self.attacks.items()]
         if self.a_rob is not None:
             rows.append(("A_rob (worst case per example)", self.a_rob, sum(self.seconds.values())))
+        hit = lambda k: f" {100 * self.targeted[k]:.2f} |" if k in self.targeted else " |"
+        tcol = bool(self.targeted)
         lines = [f"### {title}" if title else "", f"n = {self.n} test examples", "",
-                 "| evaluation | accuracy (%) | seconds |", "|---|---:|---:|"]
-        lines += [f"| {name} | {100 * acc:.2f} | {sec:.1f} |" for name, acc, sec in rows]
+                 "| evaluation | accuracy (%) | seconds |"
+                 + (" targeted success (%) |" if tcol else ""),
+                 "|---|---:|---:|" + ("---:|" if tcol else "")]
+        lines += [f"| {name} | {100 * acc:.2f} | {sec:.1f} |" + (hit(name) if tcol else "")
+                  for name, acc, sec in rows]
         return "\n".join(l for l in lines if l is not None) + "\n"
+
+
+@dataclasses.dataclass
+class EpsSweep:
+    """`robust_accuracy` at several radii: one `RobustAccuracy` per eps (A_rob is the worst case over
+    the attacks at that eps), from one compilation per attack."""
+    eps: List[float]
+    results: List[RobustAccuracy]
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def __getitem__(self, i: int) -> RobustAccuracy:
+        return self.results[i]
+
+    def __iter__(self):
+        return iter(self.results)
+
+    def curve(self, name: str) -> List[float]:
+        """Accuracy under attack `name` at each eps ("a_rob" for the worst case, "clean")."""
+        if name == "a_rob":
+            return [r.a_rob for r in self.results]
+        if name == "clean":
+            return [r.clean for r in self.results]
+        if name not in self.results[0].attacks:
+            raise ValueError(f"unknown attack {name!r}; valid: {sorted(self.results[0].attacks)}")
+        return [r.attacks[name] for r in self.results]
+
+    def as_dict(self) -> Dict[str, Any]:
+        first = self.results[0]
+        out: Dict[str, Any] = {"n": first.n, "clean": first.clean, "eps": list(self.eps)}
+        out.update({f"attack/{k}": self.curve(k) for k in first.attacks})
+        out.update({f"targeted/{k}": [r.targeted[k] for r in self.results] for k in first.targeted})
+        if first.a_rob is not None:
+            out["a_rob"] = self.curve("a_rob")
+        return out
+
+    def markdown(self, title: str = "") -> str:
+        """A Markdown table: one row per attack (and A_rob), one column per eps, accuracy in %."""
+        first = self.results[0]
+        names = list(first.attacks) + (["A_rob"] if first.a_rob is not None else [])
+        lines = [f"### {title}" if title else "",
+                 f"n = {first.n} test examples, clean accuracy {100 * first.clean:.2f} %", "",
+                 "| attack | " + " | ".join(f"eps = {e:g}" for e in self.eps) + " |",
+                 "|---|" + "---:|" * len(self.eps)]
+        for k in names:
+            curve = self.curve("a_rob" if k == "A_rob" else k)
+            lines.append(f"| {k} | " + " | ".join(f"{100 * a:.2f}" for a in curve) + " |")
+        return "\n".join(l for l in lines if l) + "\n"
+
+    @property
+    def examples(self) -> Optional[AdversarialExamples]:
+        """All eps' examples in one `AdversarialExamples`, columns named "attack@eps"."""
+        if any(r.examples is None for r in self.results):
+            return None
+        first = self.results[0].examples
+        out = AdversarialExamples(x_adv={}, success={}, y=first.y, key_data=first.key_data,
+                                  key_impl=first.key_impl, model_hash=first.model_hash)
+        for e, r in zip(self.eps, self.results):
+            ex = r.examples
+            for k in ex.x_adv:
+                col = f"{k}@{e:g}"
+                out.x_adv[col], out.success[col] = ex.x_adv[k], ex.success[k]
+                out.specs[col], out.eps[col] = ex.specs[k], ex.eps[k]
+                if k in ex.targets:
+                    out.targets[col] = ex.targets[k]
+        return out
 
 
 def _as_batches(data, batch_size: int) -> Iterable[Tuple[np.ndarray, np.ndarray]]:
@@ -117,10 +241,25 @@ def _attacked_predictions(logits_fn, attack, x, y, key, valid):
     """Predictions on attack(x) and `_output_stats` of the result. Padded rows (valid = False) must
     not influence a batch-level attack, so it gets the mask; per-example attacks ignore the padding
     by construction."""
+    out = _attack_outputs(logits_fn, attack, None, False, x, y, key, valid, {})
+    return out["pred"], out["stats"]
+
+
+def _attack_outputs(logits_fn, attack, rule, keep_x: bool, x, y, key, valid, hyper):
+    """What `robust_accuracy` needs from one attack on one batch, computed in one jitted program:
+    predictions at x_adv = attack(x) with the hyperparameters `hyper` (eps, step sizes: traced
+    scalars, so one compilation serves every eps), `_output_stats`, the targets of a target rule
+    (`rule(logits_fn, x, y, key)`, the same key the attack gets) and x_adv itself if `keep_x`."""
     kwargs = {"valid": valid} if is_batch_level(attack) else {}
-    x_adv = attack(logits_fn, x, y, key=key, **kwargs)
+    x_adv = attack(logits_fn, x, y, key=key, **hyper, **kwargs)
     logits = logits_fn(x_adv)
-    return jnp.argmax(logits, -1), _output_stats(x, x_adv, logits, threat_of(attack)[1])
+    out = {"pred": jnp.argmax(logits, -1),
+           "stats": _output_stats(x, x_adv, logits, threat_of(attack)[1])}
+    if rule is not None:
+        out["targets"] = rule(logits_fn, x, y, key)
+    if keep_x:
+        out["x_adv"] = x_adv
+    return out
 
 
 def _clean_predictions(logits_fn, x):
@@ -267,15 +406,174 @@ def _gather_batches(correct: Dict[str, List[np.ndarray]], seconds: Dict[str, flo
     gathered = {name: [ordered[c + 1][r][valid[r]].astype(bool) for r in range(len(valid))]
                 for c, name in enumerate(names)}
     times = np.asarray(multihost_utils.process_allgather(
-        np.array([seconds[name] for name in names], np.float64)))
+        np.array([seconds.get(name, 0.0) for name in names], np.float64)))
     return gathered, dict(zip(names, times.max(axis=0).tolist()))
+
+
+# Hyperparameters passed to the compiled attack as traced scalars (one compilation for every value);
+# those after "eps" are step sizes, which an eps sweep scales with eps.
+_TRACED = ("eps", "step_size", "alpha")
+_SCALED_WITH_EPS = ("step_size", "alpha")
+
+
+def _unwrap(attack) -> Tuple[Callable, tuple, Dict[str, Any]]:
+    """The function behind (nested) functools.partials, their positional args and merged keywords."""
+    args, kw, fn = (), {}, attack
+    while isinstance(fn, functools.partial):
+        args = tuple(fn.args) + args
+        kw = {**(fn.keywords or {}), **kw}
+        fn = fn.func
+    return fn, args, kw
+
+
+def _is_scalar_number(v) -> bool:
+    if isinstance(v, bool) or v is None:
+        return False
+    if isinstance(v, (int, float, np.integer, np.floating)):
+        return True
+    return hasattr(v, "shape") and np.ndim(v) == 0 and _validation.is_concrete(v) and \
+        np.issubdtype(np.asarray(v).dtype, np.number)
+
+
+def _accepts(fn, name: str) -> bool:
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return True
+    return name in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
+
+
+@dataclasses.dataclass
+class _Column:
+    """One attack of `robust_accuracy`: its static part and its traced hyperparameters."""
+    name: str
+    attack: AttackFn
+    static: AttackFn       # the attack without the traced hyperparameters
+    base: Dict[str, float]  # the traced hyperparameters as given (eps, step sizes)
+    norm: str
+    bounds: Tuple[float, float]
+    rule: Optional[Callable]  # target rule of a targeted attack (`.targets`), else None
+    spec: Dict[str, Any]
+
+    def hyper(self, eps: Optional[float]) -> Dict[str, float]:
+        """The traced hyperparameters at `eps` (None: as given). Step sizes given with a positive eps
+        keep their ratio to eps; given without one they stay as they are."""
+        out = dict(self.base)
+        if eps is None:
+            return out
+        eps0 = self.base.get("eps")
+        out["eps"] = float(eps)
+        for k in _SCALED_WITH_EPS:
+            if k in out and eps0:
+                out[k] = out[k] * float(eps) / eps0
+        return out
+
+
+def _describe(name: str, attack, spec: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
+    if spec is not None:
+        return dict(spec)
+    fn, args, kw = _unwrap(attack)
+    out = {"function": f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"}
+    if args:
+        out["args"] = list(args)
+    out.update(kw)
+    return out
+
+
+def _prepare(name: str, attack, spec, sweeping: bool, targeted: bool) -> _Column:
+    fn, args, kw = _unwrap(attack)
+    if sweeping and "eps" not in kw and not _accepts(fn, "eps"):
+        raise ValueError(f"attacks: {name!r} takes no eps, so it cannot run at the eps values of "
+                         f"the sweep")
+    base = {k: float(kw[k]) for k in _TRACED if k in kw and _is_scalar_number(kw[k])}
+    static = functools.partial(fn, *args, **{k: v for k, v in kw.items() if k not in base})
+    _, norm, bounds = threat_of(attack)
+    rule = getattr(fn, "targets", None) if targeted else None
+    return _Column(name=name, attack=attack, static=static, base=base, norm=norm, bounds=bounds,
+                   rule=rule if callable(rule) else None, spec=_describe(name, attack, spec))
+
+
+class _Runner:
+    """One attack's jitted batch program. eps and step sizes are traced arguments (one compilation
+    for all eps); an attack whose code needs them concrete (Python control flow on eps, e.g. BIM's
+    default step count) fails to trace that way and is then compiled once per eps value instead:
+    the retry either works or raises the attack's own error."""
+
+    def __init__(self, logits_fn, column: _Column, keep_x: bool):
+        self.fn = functools.partial(_attack_outputs, logits_fn, column.static, column.rule, keep_x)
+        self.traced = jax.jit(self.fn)
+        self.per_value: Dict[tuple, Callable] = {}
+        self.use_traced = True
+
+    def __call__(self, x, y, key, valid, hyper: Dict[str, float], replicate):
+        if self.use_traced:
+            try:
+                # Weakly typed (as a Python float would be): bfloat16 inputs stay bfloat16.
+                return self.traced(x, y, key, valid,
+                                   {k: replicate(jnp.asarray(float(v))) for k, v in hyper.items()})
+            except (TypeError, ValueError):  # ConcretizationTypeError is a TypeError
+                self.use_traced = False
+        k = tuple(sorted(hyper.items()))
+        if k not in self.per_value:
+            self.per_value[k] = jax.jit(functools.partial(self.fn, hyper=dict(hyper)))
+        return self.per_value[k](x, y, key, valid)
+
+
+class _EvalProgress:
+    """A progress bar over the evaluated examples (tqdm, else a printed line per batch) with images/s
+    and the running accuracies (%) of this process's examples."""
+
+    def __init__(self, total: Optional[int], enabled: bool):
+        self.bar, self.enabled, self.done, self.t0 = None, enabled, 0, time.perf_counter()
+        if enabled:
+            try:
+                import sys
+                from tqdm import tqdm
+                self.bar = tqdm(total=total, desc="robust_accuracy", unit="img", unit_scale=False,
+                                dynamic_ncols=True, file=sys.stderr)
+            except ImportError:
+                pass
+
+    def update(self, m: int, running: Mapping[str, float]):
+        if not self.enabled:
+            return
+        self.done += m
+        accs = {k: f"{100 * v:.1f}" for k, v in running.items()}
+        if self.bar is not None:
+            self.bar.set_postfix(accs, refresh=False)
+            self.bar.update(m)
+        else:
+            rate = self.done / max(time.perf_counter() - self.t0, 1e-9)
+            print(f"  robust_accuracy: {self.done} examples, {rate:.0f} img/s, accuracy (%) "
+                  + ", ".join(f"{k} {v}" for k, v in accs.items()), flush=True)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _column_label(col, eps_list, sweeping: bool) -> str:
+    if col == "clean":
+        return col
+    return f"{col[1]}@{eps_list[col[0]]:g}" if sweeping else col[1]
+
+
+def _num_examples(data, limit: Optional[int]) -> Optional[int]:
+    if isinstance(data, tuple) and len(data) == 2 and hasattr(data[0], "shape"):
+        n = len(data[0])
+        return n if limit is None else min(n, limit)
+    return limit
 
 
 def robust_accuracy(logits_fn: Callable[[jax.Array], jax.Array],
                     data: Union[Tuple[np.ndarray, np.ndarray], Iterable[Any]],
                     attacks: Union[Mapping[str, AttackFn], Sequence[Mapping[str, Any]]],
                     *, key: jax.Array, batch_size: int = 256, limit: Optional[int] = None,
-                    verbose: bool = False, across_processes: bool = False) -> RobustAccuracy:
+                    verbose: bool = False, across_processes: bool = False,
+                    eps: Union[None, float, Sequence[float]] = None, targeted: bool = False,
+                    return_examples: bool = False, progress: bool = False,
+                    devices: Optional[Sequence[jax.Device]] = None
+                    ) -> Union[RobustAccuracy, EpsSweep]:
     """Clean accuracy, each attack's accuracy and A_rob (ADT Eq. 12), batch by batch.
 
     Args:
@@ -284,7 +582,7 @@ def robust_accuracy(logits_fn: Callable[[jax.Array], jax.Array],
       data: `(x, y)` arrays, or an iterable of `(x, y)` or `{"image", "label"}` batches.
       attacks: {label: attack} with `attack(logits_fn, x, y, *, key)` (e.g. a functools.partial of
         `advjax.attacks.pgd`), or a list of config specs for `attack_from_spec`.
-      key: PRNG key; batch b and attack j use fold_in(fold_in(key, b), j).
+      key: PRNG key; batch b and attack j use fold_in(fold_in(key, b), j), at every eps.
       batch_size: evaluation batch (array input; also the padded size for iterables).
       limit: evaluate only the first `limit` examples.
       across_processes: in a multi-process run (`jax.distributed`), every process calls this with
@@ -293,24 +591,77 @@ def robust_accuracy(logits_fn: Callable[[jax.Array], jax.Array],
         process returns the result of the whole data set, equal to a single-process evaluation.
         Batch-level attacks (DAA) see whole batches, never split across processes. `seconds` are
         the slowest process's.
+      eps: None: each attack at its own eps. A number: every attack at that eps. A sequence: an eps
+        sweep; the result is an `EpsSweep` with one `RobustAccuracy` per eps. Step sizes given
+        with an eps (`step_size`, R+FGSM's `alpha`) keep their ratio to it; attacks that derive them
+        from eps (PGD's default 2.5 eps / steps) do so at every eps. eps, step_size and alpha are
+        traced arguments of each attack's compiled program (its other hyperparameters, e.g.
+        `steps`, are static), so a sweep compiles each attack once, and a sweep's numbers equal
+        those of separate calls with each eps (same keys).
+      targeted: also report, for every attack with a target rule (`advjax.attacks.targeted(attack,
+        rule)`, which has `.targets(logits_fn, x, y, key)`), its targeted success rate: the
+        fraction of examples classified as their target (`result.targeted`). Raises if no attack
+        has a rule.
+      return_examples: keep each attack's adversarial examples and per-example success
+        (`result.examples`, an `AdversarialExamples`; success is misclassification, or hitting the
+        target for attacks reported as targeted); write them with `save_examples`.
+      progress: a progress bar (tqdm, else printed lines) with images/s and running accuracies.
+      devices: the devices that share each batch (default: all local devices). Batches are padded
+        to a multiple of their number and split along the batch axis (`jax.jit` over a 1-D mesh);
+        the result equals a one-device evaluation.
 
     Set-level attacks (`is_set_level`, e.g. "daa_algorithm1") run once on all the (limited)
     examples, with key fold_in(fold_in(key, 2**31 - 1), j), before the batch loop; `data` must
     then be arrays.
     """
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
     num_shards, shard_index = 1, 0
     if across_processes:
         num_shards, shard_index = jax.process_count(), jax.process_index()
+    specs: Dict[str, Optional[Mapping[str, Any]]] = {}
     if not isinstance(attacks, Mapping):
-        attacks = dict(attack_from_spec(s) for s in attacks)
+        built = {}
+        for s in attacks:
+            label, fn = attack_from_spec(s)
+            built[label], specs[label] = fn, dict(s)
+        attacks = built
     _validation.check_positive_int(batch_size, "batch_size")
+    sweeping = eps is not None and not _is_scalar_number(eps)
+    eps_list: List[Optional[float]] = [None]
+    if eps is not None:
+        eps_list = [float(e) for e in (eps if sweeping else [eps])]
+        if not eps_list:
+            raise ValueError("eps: an empty sequence of radii")
+        for e in eps_list:
+            _validation.check_nonnegative(e, "eps")
+    if return_examples and num_shards > 1:
+        raise ValueError("return_examples=True is not supported with across_processes in a "
+                         "multi-process run (each process holds only its batches)")
+    columns = {name: _prepare(name, a, specs.get(name), eps is not None, targeted)
+               for name, a in attacks.items()}
+    if targeted and not any(c.rule is not None for c in columns.values()):
+        raise ValueError("targeted=True needs an attack with a target rule, built with "
+                         "advjax.attacks.targeted(attack, rule); none of "
+                         f"{sorted(columns)} has one")
+    devices = list(jax.local_devices() if devices is None else devices)
+    if not devices:
+        raise ValueError("devices: an empty list")
+    mesh = Mesh(np.array(devices), ("batch",))
+    rows = NamedSharding(mesh, PartitionSpec("batch"))
+    replicated = NamedSharding(mesh, PartitionSpec())
+    padded = -(-batch_size // len(devices)) * len(devices)
+    shard = lambda a: jax.device_put(a, rows)
+    replicate = lambda a: jax.device_put(a, replicated)
+
     predict = jax.jit(functools.partial(_clean_predictions, logits_fn))
     set_stats = jax.jit(lambda x, x_adv, norm: _output_stats(x, x_adv, logits_fn(x_adv), norm),
                         static_argnums=2)
     boxes = [threat_of(a)[2] for a in attacks.values()]
-    set_level = {name: a for name, a in attacks.items() if is_set_level(a)}
-    jitted = {name: jax.jit(functools.partial(_attacked_predictions, logits_fn, a))
-              for name, a in attacks.items() if name not in set_level}
+    set_level = {name for name, a in attacks.items() if is_set_level(a)}
+    runners = {name: _Runner(logits_fn, columns[name], return_examples)
+               for name in attacks if name not in set_level}
+    cols = [(i, name) for i in range(len(eps_list)) for name in attacks]
     set_adv, set_seconds = {}, {}
     if set_level:
         # Set-level attacks see every example at once (in a multi-process run, every process runs
@@ -321,20 +672,28 @@ def robust_accuracy(logits_fn: Callable[[jax.Array], jax.Array],
         xs, ys = np.asarray(data[0])[:limit], labels_as_int32(np.asarray(data[1])[:limit])
         _check_data_batch(logits_fn, jnp.asarray(xs), jnp.asarray(ys), boxes)
         set_key = jax.random.fold_in(key, 2**31 - 1)  # distinct from every batch's key
-        for j, (name, a) in enumerate(attacks.items()):
-            if name in set_level:
-                t0 = time.perf_counter()
-                set_adv[name] = np.asarray(a(logits_fn, jnp.asarray(xs), jnp.asarray(ys),
-                                             key=jax.random.fold_in(set_key, j)))
-                eps, norm, bounds = threat_of(a)
-                check_attack_output(name, set_stats(jnp.asarray(xs), jnp.asarray(set_adv[name]),
-                                                    norm), len(xs), eps, norm, bounds,
-                                    int(np.prod(xs.shape[1:])))
-                set_seconds[name] = time.perf_counter() - t0
-    correct = {"clean": []}
-    correct.update({name: [] for name in attacks})
-    seconds = {name: set_seconds.get(name, 0.0) for name in correct}
-    n, num_batches, batch_ids = 0, 0, []
+        for i, e in enumerate(eps_list):
+            for j, (name, a) in enumerate(attacks.items()):
+                if name in set_level:
+                    c = columns[name]
+                    t0 = time.perf_counter()
+                    x_adv = np.asarray(c.static(logits_fn, jnp.asarray(xs), jnp.asarray(ys),
+                                                key=jax.random.fold_in(set_key, j), **c.hyper(e)))
+                    check_attack_output(name, set_stats(jnp.asarray(xs), jnp.asarray(x_adv), c.norm),
+                                        len(xs), c.hyper(e).get("eps"), c.norm, c.bounds,
+                                        int(np.prod(xs.shape[1:])))
+                    set_adv[i, name] = x_adv
+                    set_seconds[i, name] = time.perf_counter() - t0
+    correct: Dict[Any, List[np.ndarray]] = {"clean": []}
+    correct.update({col: [] for col in cols})
+    hits = {("hit",) + col: [] for col in cols if columns[col[1]].rule is not None}
+    correct.update(hits)
+    kept = {"x_adv": {col: [] for col in cols}, "targets": {col: [] for col in hits}}
+    seconds = {k: set_seconds.get(k, 0.0) for k in ["clean"] + cols}
+    # This process's examples (in a multi-process run a share of them, whose size is not known
+    # in advance: no total).
+    bar = _EvalProgress(_num_examples(data, limit) if num_shards == 1 else None, progress)
+    n, num_batches, batch_ids, ys_kept = 0, 0, [], []
     for b, (x, y) in enumerate(_as_batches(data, batch_size)):
         if limit is not None and n >= limit:
             break
@@ -350,58 +709,101 @@ def robust_accuracy(logits_fn: Callable[[jax.Array], jax.Array],
         _check_data_batch(logits_fn, jnp.asarray(x), jnp.asarray(y), boxes)
         m = len(x)
         dim = int(np.prod(x.shape[1:]))
-        xp, yp = jnp.asarray(_pad(x, batch_size)), jnp.asarray(_pad(y, batch_size))
-        valid = jnp.arange(batch_size) < m
+        xp, yp = shard(_pad(x, padded)), shard(_pad(y, padded))
+        valid = shard(np.arange(padded) < m)
         t0 = time.perf_counter()
         pred, finite = predict(xp)
         check_clean_logits(finite, m)
         pred = np.asarray(pred)[:m]
         seconds["clean"] += time.perf_counter() - t0
-        correct["clean"].append(pred == y[:m])
+        correct["clean"].append(pred == y)
+        ys_kept.append(y)
         batch_ids.append(b)
         kb = jax.random.fold_in(key, b)
-        for j, name in enumerate(attacks):
-            t0 = time.perf_counter()
-            if name in set_adv:
-                pred = np.asarray(predict(jnp.asarray(_pad(set_adv[name][n:n + m], batch_size)))[0])
-            else:
-                pred, stats = jitted[name](xp, yp, jax.random.fold_in(kb, j), valid)
-                eps, norm, bounds = threat_of(attacks[name])
-                check_attack_output(name, stats, m, eps, norm, bounds, dim)
-                pred = np.asarray(pred)
-            seconds[name] += time.perf_counter() - t0
-            correct[name].append(pred[:m] == y[:m])
+        for i, e in enumerate(eps_list):
+            for j, name in enumerate(attacks):
+                c, col = columns[name], (i, name)
+                t0 = time.perf_counter()
+                if name in set_level:
+                    xa = set_adv[col][n:n + m]
+                    pred = np.asarray(predict(shard(_pad(xa, padded)))[0])[:m]
+                    if return_examples:
+                        kept["x_adv"][col].append(xa)
+                else:
+                    hyper = c.hyper(e)
+                    out = runners[name](xp, yp, replicate(jax.random.fold_in(kb, j)), valid, hyper,
+                                        replicate)
+                    check_attack_output(name, out["stats"], m, hyper.get("eps"), c.norm, c.bounds,
+                                        dim)
+                    pred = np.asarray(out["pred"])[:m]
+                    if ("hit",) + col in hits:
+                        t = np.asarray(out["targets"])[:m]
+                        correct[("hit",) + col].append(pred == t)
+                        kept["targets"][("hit",) + col].append(t)
+                    if return_examples:
+                        kept["x_adv"][col].append(np.asarray(out["x_adv"])[:m])
+                seconds[col] += time.perf_counter() - t0
+                correct[col].append(pred == y)
         n += m
+        if progress:
+            bar.update(m, {_column_label(k, eps_list, sweeping): float(np.mean(np.concatenate(v)))
+                           for k, v in correct.items() if k == "clean" or k[0] != "hit"})
         if verbose:
             print(f"  evaluated {n} examples", flush=True)
+    bar.close()
     if n == 0:
         raise ValueError("data: no examples to evaluate")
     if num_shards > 1:
         correct, seconds = _gather_batches(correct, seconds, batch_ids, num_batches, batch_size)
     correct = {k: np.concatenate(v) for k, v in correct.items()}
-    accs = {k: float(np.mean(v)) for k, v in correct.items() if k != "clean"}
-    a_rob = None
-    if attacks:
-        # Worst case over the attacks and the clean input itself (see the module docstring).
-        a_rob = float(np.mean(np.all(np.stack([correct[k] for k in ("clean", *attacks)]), axis=0)))
-    return RobustAccuracy(n=n, clean=float(np.mean(correct["clean"])), attacks=accs, a_rob=a_rob,
-                          correct=correct, seconds=seconds)
+    key_data, key_impl = key_data_of(key)
+    results = []
+    for i, e in enumerate(eps_list):
+        corr = {"clean": correct["clean"], **{name: correct[i, name] for name in attacks}}
+        accs = {name: float(np.mean(corr[name])) for name in attacks}
+        a_rob = None
+        if attacks:
+            # Worst case over the attacks and the clean input itself (see the module docstring).
+            a_rob = float(np.mean(np.all(np.stack([corr[k] for k in ("clean", *attacks)]), axis=0)))
+        hit = {name: correct["hit", i, name] for name in attacks if ("hit", i, name) in correct}
+        examples = None
+        if return_examples:
+            y_all = np.concatenate(ys_kept)
+            examples = AdversarialExamples(
+                x_adv={name: np.concatenate(kept["x_adv"][i, name]) for name in attacks},
+                success={name: hit[name] if name in hit else ~corr[name] for name in attacks},
+                y=y_all,
+                targets={name: np.concatenate(kept["targets"]["hit", i, name]) for name in hit},
+                specs={name: dict(columns[name].spec, **columns[name].hyper(e))
+                       for name in attacks},
+                eps={name: columns[name].hyper(e).get("eps") for name in attacks},
+                key_data=key_data, key_impl=key_impl)
+        results.append(RobustAccuracy(
+            n=n, clean=float(np.mean(correct["clean"])), attacks=accs, a_rob=a_rob, correct=corr,
+            seconds={"clean": seconds["clean"], **{name: seconds[i, name] for name in attacks}},
+            eps={name: columns[name].hyper(e).get("eps") for name in attacks},
+            targeted={name: float(np.mean(v)) for name, v in hit.items()}, examples=examples))
+    return EpsSweep(eps=[float(e) for e in eps_list], results=results) if sweeping else results[0]
 
 
-def accuracy_vs_eps(logits_fn, x: np.ndarray, y: np.ndarray, spec: Mapping[str, Any],
-                    eps_values: Sequence[float], *, key: jax.Array,
-                    batch_size: int = 256) -> List[float]:
-    """Accuracy under attack `spec` at each eps; step sizes scale with eps (step_size / eps fixed)."""
-    accs = []
-    for i, eps in enumerate(eps_values):
-        s = dict(spec, eps=float(eps))
-        if "step_size" in spec and spec.get("eps"):
-            s["step_size"] = float(spec["step_size"]) * float(eps) / float(spec["eps"])
-        s["label"] = "a"
-        res = robust_accuracy(logits_fn, (x, y), [s], key=jax.random.fold_in(key, i),
-                              batch_size=batch_size)
-        accs.append(res.attacks["a"])
-    return accs
+def accuracy_vs_eps(logits_fn: Callable[[jax.Array], jax.Array], x: np.ndarray, y: np.ndarray,
+                    spec: Union[Mapping[str, Any], AttackFn], eps_values: Sequence[float], *,
+                    key: jax.Array, batch_size: int = 256, progress: bool = False,
+                    devices: Optional[Sequence[jax.Device]] = None) -> List[float]:
+    """Accuracy under one attack at each eps: `robust_accuracy(..., eps=eps_values)`, so the attack
+    is compiled once. `spec` is a config spec ({"name": "pgd", ...}) or an attack callable (e.g. a
+    functools.partial of `advjax.attacks.pgd`); step sizes given with an eps keep their ratio to it
+    (step_size / eps fixed). Every eps uses the same keys."""
+    if isinstance(spec, Mapping):
+        attacks = [dict(spec, label="a")]
+    elif callable(spec):
+        attacks = {"a": spec}
+    else:
+        raise ValueError(f"spec must be an attack spec (a mapping) or an attack callable, got "
+                         f"{spec!r}")
+    sweep = robust_accuracy(logits_fn, (x, y), attacks, key=key, batch_size=batch_size,
+                            eps=list(eps_values), progress=progress, devices=devices)
+    return sweep.curve("a")
 
 
 def attack_report(logits_fn, x: np.ndarray, y: np.ndarray, spec: Mapping[str, Any], out_dir: str,

@@ -819,7 +819,9 @@ def eval_logits_fn(model, state):
 
 
 def evaluate_result(config, state, model, *, limit: Optional[int] = None):
-    """`RobustAccuracy` of config.eval.attacks on the test split.
+    """`RobustAccuracy` of config.eval.attacks on the test split (with a progress bar on the first
+    process unless config.train.progress is off; targeted success rates of the specs with a
+    "target" rule, `evaluate.attack_from_spec`).
 
     In a multi-process run every process evaluates its share of the evaluation batches and the
     per-example results are gathered, so each process returns the numbers of the whole test set,
@@ -832,7 +834,10 @@ def evaluate_result(config, state, model, *, limit: Optional[int] = None):
     return evaluate_lib.robust_accuracy(logits_fn, (test_x, test_y), attacks,
                                         key=jax.random.PRNGKey(config.seed + 1),
                                         batch_size=config.eval.batch_size,
-                                        across_processes=jax.process_count() > 1)
+                                        across_processes=jax.process_count() > 1,
+                                        targeted=any("target" in a for a in attacks),
+                                        progress=config.train.get("progress", True)
+                                        and jax.process_index() == 0)
 
 
 def autoattack_result(config, state, model, *, limit: Optional[int] = None):
