@@ -38,6 +38,31 @@ takes part in orbax's checkpoint saves and restores.
 Outputs in `workdir`: checkpoints/, metrics.jsonl (one JSON object per logged step), tb/ (TensorBoard
 event files), config.json, eval.json and eval.md (the final evaluation table; eval.n<N>.* when only
 the first N test examples are evaluated).
+
+Several seeds (config.train.seeds = K > 1): K independent replicas in one process, replica k being
+the single-seed run with seed config.seed + k (its own initialization, data order, attack / dropout
+keys and method state). Each has its own workdir, WORKDIR/seed<config.seed + k> (named by the seed,
+so a directory says which run it holds), with the files above and a config.json whose `seed` is
+the replica's (train.seeds is kept: the directory stays bound to the group); WORKDIR holds the
+group's config.json, the lock, and eval_seeds.json / .md (every seed's evaluation, mean and std).
+`advjax eval` / `attack` and `restore_state` work on a seed's workdir as on any run's.
+How replicas are stepped (`resolve_seeds_mode`, train.seeds_mode):
+  * "sequential" (the default on CPU): the single-seed program, compiled once with the key as an
+    argument (`compile_keyed_step`) and dispatched once per replica per step: each replica is its
+    single-seed run bit for bit;
+  * "vmap" (the default on GPU / TPU): one program, `train_step` under `jax.vmap` over the stacked
+    states, batches and keys (`replicas_train_step`): the same runs up to float rounding. On XLA:CPU
+    it is slower than "sequential": vmapped convolutions with per-replica kernels become grouped
+    convolutions (feature_group_count = K), a slow path there (`benchmarks/multi_seed.py`).
+Guarantees per seed: every seed's workdir is locked and its stored config checked (as WORKDIR's:
+train.seeds may not change on resume; train.seeds_mode may). The replicas save one after the other
+at the same steps, keeping one checkpoint more than train.keep_checkpoints until all have saved,
+so a kill between two saves always leaves a step that every replica has: a rerun resumes all
+replicas from their common step (a replica one checkpoint ahead has that checkpoint moved to
+checkpoints.superseded/; one further ahead, which no interrupted save leaves, is refused). A
+non-finite loss or a collapse in any replica stops all of them (they are one run), after the
+healthy replicas' metrics rows of that step are written, with an error naming each failed seed;
+every replica keeps its checkpoints.
 """
 
 from __future__ import annotations
@@ -330,10 +355,10 @@ def resolve_seeds_mode(config, devices) -> str:
     else train.seeds_mode, where "auto" is "vmap" on GPU / TPU and "sequential" on CPU.
 
     Why "sequential" on XLA:CPU: under vmap, a convolution whose kernel differs per replica becomes
-    one grouped convolution (feature_group_count = K), which XLA:CPU runs about 1.5-2x slower than
-    K plain ones (CNN-4C3F, batch 128: `python benchmarks/multi_seed.py`), so the vmapped step loses
-    to the single-seed step run K times. GPUs and TPUs have fast grouped convolutions, and a small
-    model leaves them idle, so there one vmapped program is the better bet (not measured here).
+    one grouped convolution (feature_group_count = K), which XLA:CPU runs far slower than K plain
+    ones, so the vmapped step loses to the single-seed step run K times (CNN-4C3F PGD-AT, batch
+    128: `python benchmarks/multi_seed.py`). GPUs and TPUs have fast grouped convolutions, and a
+    small model leaves them idle, so there one vmapped program is the better bet (not measured).
     """
     if int(config.train.get("seeds", 1)) == 1:
         return "single"

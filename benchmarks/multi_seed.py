@@ -22,7 +22,9 @@ is images/s over the single-seed program's.
         [--threads 0|1] [--hlo]
 
 --threads 1 runs XLA:CPU on one thread (as the studies do, `experiments/study.py`); --hlo prints the
-convolutions of the vmapped program (grouped: feature_group_count = K).
+convolutions of the vmapped program (grouped: feature_group_count = K); --convs times why: each
+CNN-4C3F convolution with its input and kernel gradients (the layers' own implementations), for K
+replicas as K plain convolutions in one program against the same under jax.vmap (grouped).
 """
 
 from __future__ import annotations
@@ -146,6 +148,43 @@ def make_runners(k: int, batch: int, alternatives: bool, hlo: bool):
     return runners
 
 
+def time_convolutions(k: int, batch: int, repeats: int) -> None:
+    """Prints ms for forward + input and kernel gradients of each CNN-4C3F (16, 32) convolution on
+    28x28 inputs, for k replicas: k plain convolutions in one program vs one vmapped (grouped)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from advjax.models import layers
+
+    rng = np.random.default_rng(0)
+    cases = [(28, 1, 16, layers._conv_patches_grad), (26, 16, 16, layers._conv_explicit_grad),
+             (12, 16, 32, layers._conv_explicit_grad), (10, 32, 32, layers._conv_explicit_grad)]
+    print(f"| convolution (H, C_in -> C_out), K={k}, batch {batch} | K plain (ms) | vmapped "
+          f"(ms) | vmapped / plain |")
+    print("|---|---:|---:|---:|")
+    for hw, c_in, c_out, conv in cases:
+        x = jnp.asarray(rng.random((k, batch, hw, hw, c_in), dtype=np.float32))
+        w = jnp.asarray(0.1 * rng.standard_normal((k, 3, 3, c_in, c_out), dtype=np.float32))
+
+        def grads(x, w, conv=conv):
+            return jax.grad(lambda x, w: jnp.sum(jnp.sin(conv(x, w, "VALID"))), (0, 1))(x, w)
+
+        fns = {"plain": jax.jit(lambda x, w: [grads(x[i], w[i]) for i in range(k)]),
+               "vmap": jax.jit(jax.vmap(grads))}
+        times = {name: [] for name in fns}
+        for fn in fns.values():
+            jax.block_until_ready(fn(x, w))
+        for _ in range(repeats):
+            for name, fn in fns.items():
+                start = time.perf_counter()
+                jax.block_until_ready(fn(x, w))
+                times[name].append(time.perf_counter() - start)
+        plain, vm = (1000 * float(np.median(times[n])) for n in ("plain", "vmap"))
+        print(f"| {hw}x{hw}, {c_in} -> {c_out} | {plain:.0f} | {vm:.0f} | {vm / plain:.2f} |",
+              flush=True)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", default="1,3,5", help="comma-separated replica counts K")
@@ -157,6 +196,8 @@ def main():
     p.add_argument("--threads", type=int, default=0, choices=(0, 1),
                    help="1: XLA:CPU on one thread; 0: XLA's default")
     p.add_argument("--hlo", action="store_true", help="print the vmapped program's convolutions")
+    p.add_argument("--convs", action="store_true",
+                   help="only time single convolutions, plain vs vmapped, for the largest K")
     args = p.parse_args()
     if args.threads == 1:
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
@@ -165,6 +206,11 @@ def main():
     import numpy as np
 
     counts = [int(x) for x in args.seeds.split(",")]
+    if args.convs:
+        load = os.getloadavg()[0]
+        time_convolutions(max(counts), args.batch, args.repeats)
+        print(f"load average {load:.1f} -> {os.getloadavg()[0]:.1f}")
+        return
     load_start = os.getloadavg()
     rows = {}
     t0 = time.perf_counter()

@@ -344,6 +344,13 @@ def test_train_seeds_may_not_change_on_resume(group, tmp_path):
     from advjax import workdir
     assert workdir.is_resumable_key("train.seeds_mode")
     assert not workdir.is_resumable_key("train.seeds")
+    # The documented way out: a seed's workdir resumed as a single run, with the change recorded.
+    w = str(tmp_path / "seed0")
+    shutil.copytree(os.path.join(group, "seed0"), w)
+    result = train.train_and_evaluate(small_config(tmp_path, **{"train.seeds": 1}), w,
+                                      allow_config_change=True)
+    assert result["step"] == 12
+    assert os.path.exists(os.path.join(w, "config.before-step12.json"))
 
 
 def test_seeds_config_is_checked_before_any_compute(tmp_path):
