@@ -41,7 +41,7 @@ def _initialize_kwargs(dist) -> Dict[str, Any]:
     return kwargs
 
 
-def maybe_initialize(config) -> bool:
+def maybe_initialize(config: Any) -> bool:
     """Initializes the distributed runtime if configured; returns True if this process is distributed.
 
     Must run before anything touches a JAX backend (the CPU collectives choice and the process

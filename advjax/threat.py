@@ -1,11 +1,13 @@
-"""Threat models: norm balls around a batch of inputs, inside the [0, 1] box.
+"""Threat models: norm balls around a batch of inputs, inside the valid-input box [lo, hi].
 
 Every function works on a batch whose leading axis indexes examples; norms and reductions run over all
 other axes, so each example has its own ball. The l_p ball of radius eps around x is
 
     B_p(x, eps) = {x' : ||x' - x||_p <= eps},   p in {inf, 2, 1},
 
-and an admissible adversarial example lies in B_p(x, eps) intersected with the box [0, 1]^d.
+and an admissible adversarial example lies in B_p(x, eps) intersected with the box [lo, hi]^d, the
+`bounds` of every attack: (0, 1) by default (images scaled to [0, 1]), any finite lo < hi otherwise
+(e.g. (0, 255), or (-1, 1) for a model trained on inputs scaled to [-1, 1]).
 
 Contents:
   * `project(delta, eps, norm)`: exact Euclidean projection of a perturbation onto the ball
@@ -15,20 +17,31 @@ Contents:
     Shaham et al., "Understanding adversarial training: increasing local stability of neural nets through
     robust optimization", the robust-optimization paper).
   * `random_init(key, x, eps, norm)`: a perturbation drawn uniformly from the ball.
-  * `clip_to_box(x)`: the [0, 1] box.
+  * `clip_to_box(x, lo, hi)`: the box; `check_bounds(bounds)` validates a (lo, hi) pair.
 
 Projecting onto the ball and then clipping x + delta to the box keeps the result in both sets: x is in
-the box, so clipping only moves each coordinate of delta towards 0 and never increases an l_p norm.
-(It is not the exact projection onto the intersection; no attack library computes that, and the
+the box (the attacks check it), so clipping only moves each coordinate of delta towards 0 and never
+increases an l_p norm. (It is not the exact projection onto the intersection; no attack library computes that, and the
 attacks only need a feasible point.)
 """
 
 from __future__ import annotations
 
+import math
+import numbers
+from typing import Any, Tuple, Union
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 NORMS = ("linf", "l2", "l1")
+
+# eps, step sizes and other traceable hyperparameters: a Python number or a 0-d (maybe traced) array.
+Scalar = Union[float, int, jax.Array]
+# The valid-input box (lo, hi): static Python numbers.
+Bounds = Tuple[float, float]
+DEFAULT_BOUNDS: Bounds = (0.0, 1.0)
 
 # Added to norms before dividing, so that a zero gradient gives a zero step rather than NaN.
 _TINY = 1e-12
@@ -61,12 +74,12 @@ def norm_of(delta: jax.Array, norm: str) -> jax.Array:
     return jnp.sum(jnp.abs(flat), axis=1)
 
 
-def linf_project(delta: jax.Array, eps) -> jax.Array:
+def linf_project(delta: jax.Array, eps: Scalar) -> jax.Array:
     """Projection onto the linf ball: elementwise clip to [-eps, eps]."""
     return jnp.clip(delta, -eps, eps).astype(delta.dtype)
 
 
-def l2_project(delta: jax.Array, eps) -> jax.Array:
+def l2_project(delta: jax.Array, eps: Scalar) -> jax.Array:
     """Projection onto the l2 ball: delta * min(1, eps / ||delta||_2)."""
     n = norm_of(delta, "l2")
     factor = jnp.minimum(1.0, eps / (n + _TINY))
@@ -87,7 +100,7 @@ def _simplex_threshold(v: jax.Array, z) -> jax.Array:
     return (css[rho] - z) / (rho + 1).astype(v.dtype)
 
 
-def l1_project(delta: jax.Array, eps) -> jax.Array:
+def l1_project(delta: jax.Array, eps: Scalar) -> jax.Array:
     """Exact Euclidean projection onto the l1 ball of radius eps (sort-based, O(d log d) per example).
 
     Inside the ball delta is returned unchanged; outside, |delta| is projected onto the simplex of
@@ -103,7 +116,7 @@ def l1_project(delta: jax.Array, eps) -> jax.Array:
     return out.reshape(delta.shape).astype(delta.dtype)
 
 
-def project(delta: jax.Array, eps, norm: str) -> jax.Array:
+def project(delta: jax.Array, eps: Scalar, norm: str) -> jax.Array:
     """Euclidean projection of each example's perturbation onto its l_p ball of radius eps."""
     check_norm(norm)
     if norm == "linf":
@@ -145,7 +158,7 @@ def steepest_ascent(grad: jax.Array, norm: str, l1_k: int = 1) -> jax.Array:
     return l1_topk_direction(grad, l1_k)
 
 
-def random_init(key: jax.Array, x: jax.Array, eps, norm: str) -> jax.Array:
+def random_init(key: jax.Array, x: jax.Array, eps: Scalar, norm: str) -> jax.Array:
     """A perturbation drawn uniformly from each example's l_p ball of radius eps.
 
     linf: U(-eps, eps) per coordinate.  l2: Gaussian direction times eps * u^(1/d).  l1: signs times
@@ -171,11 +184,41 @@ def random_init(key: jax.Array, x: jax.Array, eps, norm: str) -> jax.Array:
     return (signs * mags * eps).reshape(x.shape).astype(dtype)
 
 
+def check_bounds(bounds: Any) -> Bounds:
+    """Returns `bounds` as a pair of Python floats (lo, hi), or raises a ValueError naming `bounds`.
+
+    The box is static (it fixes no shape, but attacks compare against it on the host): lo and hi must
+    be concrete finite numbers with lo < hi, not traced arrays.
+    """
+    if isinstance(bounds, (str, bytes)) or not hasattr(bounds, "__len__") or len(bounds) != 2:
+        raise ValueError(f"bounds must be a pair (lo, hi) of numbers, got {bounds!r}")
+    out = []
+    for v in bounds:
+        if isinstance(v, jax.core.Tracer):
+            raise ValueError("bounds must be concrete numbers (static), got a traced value; pass "
+                             "Python floats")
+        if isinstance(v, bool) or not isinstance(v, (numbers.Real, np.ndarray, np.generic,
+                                                     jax.Array)):
+            raise ValueError(f"bounds must be a pair (lo, hi) of numbers, got {bounds!r}")
+        if np.ndim(v) != 0:
+            raise ValueError(f"bounds must hold two scalars, got {bounds!r}")
+        out.append(float(v))
+    lo, hi = out
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise ValueError(f"bounds must be finite, got {bounds!r}")
+    if not lo < hi:
+        raise ValueError(f"bounds must satisfy lo < hi, got {bounds!r}")
+    return lo, hi
+
+
 def clip_to_box(x: jax.Array, lo: float = 0.0, hi: float = 1.0) -> jax.Array:
-    """The valid-input box [lo, hi] (images in [0, 1])."""
+    """The valid-input box [lo, hi] (default [0, 1], images scaled to [0, 1])."""
     return jnp.clip(x, lo, hi)
 
 
-def project_to_threat(x_adv: jax.Array, x: jax.Array, eps, norm: str) -> jax.Array:
-    """Maps x_adv into B_p(x, eps) intersected with [0, 1]: project x_adv - x, then clip to the box."""
-    return clip_to_box(x + project(x_adv - x, eps, norm)).astype(x.dtype)
+def project_to_threat(x_adv: jax.Array, x: jax.Array, eps: Scalar, norm: str,
+                      bounds: Bounds = DEFAULT_BOUNDS) -> jax.Array:
+    """Maps x_adv into B_p(x, eps) intersected with the box `bounds` = (lo, hi): project x_adv - x,
+    then clip to the box."""
+    lo, hi = bounds
+    return clip_to_box(x + project(x_adv - x, eps, norm), lo, hi).astype(x.dtype)

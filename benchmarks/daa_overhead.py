@@ -3,8 +3,10 @@
     python benchmarks/daa_overhead.py [--particles 200] [--reps 10]
 
 1. One jitted attack step (forward + backward of the model, direction, sign step, projection) at
-   M = 200 particles on the Fashion-MNIST CNN of the DAA paper
-   (`advjax.models.get_model("daa_cnn")`, 28x28x1, eval-mode batch norm): PGD vs DAA-BLOB (Eq. 20)
+   M = 200 particles on a Fashion-MNIST CNN (`advjax.models.get_model("daa_cnn")`, the stand-in
+   of the first DAA study, 28x28x1, eval-mode batch norm; the authors' released network is
+   `daa_release_cnn`, 64 against 34 MFLOP per forward pass, which halves the interaction's
+   share): PGD vs DAA-BLOB (Eq. 20)
    vs DAA-DGF (Eq. 21). Median of `--reps` timed runs after a warm-up (compilation excluded).
    Target: DAA <= 1.15x PGD.
 2. The interaction term alone (`daa.blob_interaction`, `daa.dgf_interaction`: pairwise distances,

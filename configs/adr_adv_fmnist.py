@@ -1,6 +1,7 @@
 """ADR-ADV (thesis Ch. 3, Eq. 7; L_c of Eq. 4 = CE(x_a) + CE(x), x_a by PGD on CE) on Fashion-MNIST,
-with the supplement's MNIST weights l_lc = l_gb = l_smt = 1, l_conf = 0 and alpha = 0.99 (Eq. 2).
-Baseline: adt_at_pgd_fmnist (PGD-AT).
+with the supplement's MNIST weights l_lc = l_gb = l_smt = 1, l_conf = 0 and alpha = 0.99 (Eq. 2),
+the thesis' MNIST network and optimizer (`advjax.config.adr_fmnist_base`). Baseline:
+adr_none_fmnist.
 
     advjax train --config configs/adr_adv_fmnist.py --workdir workdirs/adr_adv_fmnist
 """
@@ -9,6 +10,4 @@ from advjax.config import adr_fmnist_base
 
 
 def get_config():
-    c = adr_fmnist_base("adr_adv")
-    c.objective.random_start = True
-    return c
+    return adr_fmnist_base("adr_adv")

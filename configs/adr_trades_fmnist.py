@@ -1,5 +1,8 @@
-"""ADR-TRADES (thesis Ch. 3, Sec. 3.4, Eq. 7; L_c = CE(x) + beta KL(h(x) || h(x_a)), the TRADES
-adversary) on Fashion-MNIST, beta = 6, ADR weights l_lc = l_gb = l_smt = 1, l_conf = 0. Baseline: trades.
+"""ADR-TRADES as the thesis defines it (Ch. 3, Secs. 3.4, 4.2, Eq. 7): the TRADES adversary and L_c
+= CE(h(x_a), y) + CE(h(x), y) (Eq. 4), plus the ADR terms l_lc = l_gb = l_smt = 1, l_conf = 0, on
+Fashion-MNIST with the thesis' MNIST network and optimizer (`advjax.config.adr_fmnist_base`).
+`--config.objective.variant=release` gives the PyTorch release's L_c = CE(x) + 1 KL(h(x) || h(x_a)).
+Baseline: adr_baseline_trades_fmnist (TRADES, beta = 1).
 
     advjax train --config configs/adr_trades_fmnist.py --workdir workdirs/adr_trades_fmnist
 """
@@ -9,5 +12,5 @@ from advjax.config import adr_fmnist_base
 
 def get_config():
     c = adr_fmnist_base("adr_trades")
-    c.objective.beta = 6.0
+    c.objective.variant = "thesis"
     return c

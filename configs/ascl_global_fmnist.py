@@ -1,5 +1,8 @@
-"""ASCL with Global selection (thesis Ch. 3, Sec. 3.4, Eq. 6, Table 1) on Fashion-MNIST:
-L_AT + 1 * L_SCL + 2 * L_VAT, tau = 0.07, cosine similarity on the last conv block's features.
+"""ASCL with Global (Table 1: positives = same label, negatives = other labels) (thesis Ch. 3, Sec.
+3.4, Eq. 6) on Fashion-MNIST: L_AT + 1 * L_SCL + 2 * L_VAT, tau = 0.07, on the thesis' MNIST network
+with ASCL's Adam 1e-3 (`advjax.config.ascl_fmnist_base`). `--config.objective.variant=release` gives
+the released code's scales, similarity and counterpart rule (`advjax.objectives.ascl`). Baseline:
+ascl_none_fmnist (ADR-None, same protocol).
 
     advjax train --config configs/ascl_global_fmnist.py --workdir workdirs/ascl_global_fmnist
 """
@@ -8,6 +11,4 @@ from advjax.config import ascl_fmnist_base
 
 
 def get_config():
-    c = ascl_fmnist_base()
-    c.objective.selection = "global"
-    return c
+    return ascl_fmnist_base("global")

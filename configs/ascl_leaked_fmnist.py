@@ -1,6 +1,8 @@
-"""Leaked-ASCL (thesis Ch. 3, Table 1: Leaked-LS positives and Soft-LS negatives) on Fashion-MNIST:
-L_AT + 1 * L_SCL + 2 * L_VAT, tau = 0.07. Logs n_pos / n_neg (expected to change over training) and
-r_div (expected below PGD-AT's).
+"""ASCL with Leaked-LS, Leaked-ASCL (Table 1: positives = same label and prediction, negatives as
+Soft-LS) (thesis Ch. 3, Sec. 3.4, Eq. 6) on Fashion-MNIST: L_AT + 1 * L_SCL + 2 * L_VAT, tau = 0.07,
+on the thesis' MNIST network with ASCL's Adam 1e-3 (`advjax.config.ascl_fmnist_base`).
+`--config.objective.variant=release` gives the released code's scales, similarity and counterpart
+rule (`advjax.objectives.ascl`). Baseline: ascl_none_fmnist (ADR-None, same protocol).
 
     advjax train --config configs/ascl_leaked_fmnist.py --workdir workdirs/ascl_leaked_fmnist
 """
@@ -9,6 +11,4 @@ from advjax.config import ascl_fmnist_base
 
 
 def get_config():
-    c = ascl_fmnist_base()
-    c.objective.selection = "leaked_ls"
-    return c
+    return ascl_fmnist_base("leaked_ls")

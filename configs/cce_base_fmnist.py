@@ -1,6 +1,8 @@
-"""CCE-Base (thesis Ch. 4, Sec. 4.3; l_pm = l_dm = 0: independent PGD-AT of each member with
-CE(x) + CE(x_a)) of a 2-member ensemble of small CNN-4C3Fs on Fashion-MNIST; the baseline of cce_rm.
-Needs "ensemble" in advjax.models.MODELS.
+"""CCE-Base (thesis Ch. 4, Sec. 4.3; l_pm = l_dm = 0: independent PGD-AT of each member with CE(x) +
+CE(x_a^n), x_a^n against member n alone) of a 2-member ensemble on Fashion-MNIST, the thesis' MNIST
+member and Adam 1e-3 (`advjax.config.cce_fmnist_base`). `--config.objective.variant=release`
+computes the crossing terms as the released code. Baseline: adv_en_fmnist (ADV-EN_2, the thesis'
+ensemble baseline).
 
     advjax train --config configs/cce_base_fmnist.py --workdir workdirs/cce_base_fmnist
 """
@@ -9,6 +11,7 @@ from advjax.config import cce_fmnist_base
 
 
 def get_config():
-    c = cce_fmnist_base()
-    c.objective.variant = "base"
+    c = cce_fmnist_base("cce")
+    c.objective.mode = "base"
+    c.objective.variant = "thesis"
     return c

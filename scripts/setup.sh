@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sets up everything advjax needs on a fresh Debian machine: the real Fashion-MNIST (Debian package),
-# a virtual environment in .venv with advjax (editable) and its test extras, and the independent
+# a virtual environment in .venv with advjax (editable) and its test and docs extras, and the independent
 # implementations the tests compare against (local CPU torch, torchattacks, foolbox).
 # Idempotent: a second run only checks. Usage: bash scripts/setup.sh [--no-peers]
 set -euo pipefail
@@ -24,7 +24,7 @@ fi
 . .venv/bin/activate
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 echo "== pip: advjax and its dependencies"
-pip install -q -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
+pip install -q -e ".[test,docs]" 2>&1 | grep -v "^WARNING: Location" || true
 if [[ $peers == 1 ]]; then
   echo "== pip: peers for cross-checks (local CPU torch, torchattacks, foolbox)"
   # torch==2.13.0 is the local CPU build; a bare `torch` would pull GBs of CUDA packages.

@@ -14,7 +14,7 @@ import pytest
 from advjax import attacks, losses, models
 from advjax.attacks import tamoo
 from advjax.models.ensemble import Ensemble, member_model, member_variables, stack_member_variables
-from advjax.objectives import adr, ascl, at, cce, trades
+from advjax.objectives import adr, ascl, at, cce, ensemble_at, trades
 
 EPS = 0.1
 
@@ -114,6 +114,46 @@ def test_minmax_weights_stay_on_the_simplex_and_favour_low_losses():
     assert bool(jnp.all(w[:, 0] > w[:, 1])) and bool(jnp.all(w[:, 1] >= w[:, 2]))
     # Fixed point of the inner min: w = proj(1/m - losses / gamma).
     np.testing.assert_allclose(w[0], tamoo.project_simplex(1 / 3 - task_losses[0] / 3.0), atol=1e-4)
+
+
+def test_release_moo_solver_step_is_one_gradient_step_with_the_uniform_regularizer():
+    rng = np.random.default_rng(3)
+    g = rng.normal(size=(3, 6))
+    q = g @ g.T
+    alpha = rng.normal(size=3)
+    lr, gamma = 0.025, 20.0
+    kw = tamoo.settings("ens", "moo", 0.1, "release")
+    assert (kw["inner_steps"], kw["uniform_weight"], kw["lr_w"]) == (1, gamma, lr)
+    got = tamoo.solve_weights(jnp.asarray(alpha, jnp.float32), jnp.asarray(q, jnp.float32),
+                              jnp.zeros(3, bool), lam=0.0, lr=lr, inner_steps=1,
+                              uniform_weight=gamma)
+    w = np.exp(alpha) / np.exp(alpha).sum()
+    dfdw = 2 * q @ w + 2 * gamma * (w - 1 / 3)            # d/dw [w^T Q w + gamma ||w - 1/m||^2]
+    jac = np.diag(w) - np.outer(w, w)                      # dw/dalpha of the softmax
+    np.testing.assert_allclose(got, alpha - lr * jac @ dfdw, rtol=1e-4, atol=1e-6)
+
+
+def test_tamoo_settings_give_valid_arguments_and_the_documented_differences():
+    import inspect
+    fns = {"ens": tamoo.tamoo_ens, "uni": tamoo.tamoo_uni, "eot": tamoo.tamoo_eot}
+    eps = 0.1
+    for setting, fn in fns.items():
+        params = inspect.signature(fn).parameters
+        for weighting in tamoo.WEIGHTINGS:
+            text = tamoo.settings(setting, weighting, eps)
+            rel = tamoo.settings(setting, weighting, eps, "release")
+            assert set(text) <= set(params) and set(rel) <= set(params)
+            assert text["steps"] == 100 and text["step_size"] == pytest.approx(eps / 4)
+            assert text["entropy_weight"] == 0 and text["uniform_weight"] == 0
+            assert rel["minmax_lr"] == 0.025 and rel["entropy_weight"] == 20.0
+            assert rel["loss"] == ("cw" if setting == "eot" else "ce")
+    uni = lambda w: tamoo.settings("uni", w, eps, "release")
+    assert uni("tamoo")["lam"] == 10.0 and tamoo.settings("ens", "tamoo", eps, "release")["lam"] == 100
+    assert [uni(w)["steps"] for w in tamoo.WEIGHTINGS] == [50, 100, 100, 50]  # uniform moo tamoo minmax
+    assert tamoo.settings("ens", "tamoo", eps, "release")["lr_w"] == 0.025
+    assert tamoo.settings("eot", "tamoo", eps, "release")["step_size"] == pytest.approx(eps / 3.1)
+    with pytest.raises(ValueError, match="variant"):
+        tamoo.settings("ens", "tamoo", eps, "code")
 
 
 def linear_member(key, d, classes, bias=None):
@@ -365,13 +405,56 @@ def test_adr_adv_with_zero_weights_is_twice_the_mixed_pgd_at_loss():
     assert float(m["l_lc"]) > 0 and float(m["l_smt"]) > 0 and float(m["l_conf"]) > 0
 
 
-def test_adr_trades_with_zero_weights_is_trades():
+def test_adr_trades_thesis_is_eq4_on_the_trades_adversary_and_release_is_trades():
+    # Issue 16: ADR-TRADES as the thesis defines it (Sec. 3.4, 4.2) keeps L_c of Eq. 4 and only swaps
+    # the adversary; the PyTorch release's L_c is CE + 1 KL, which with the ADR weights 0 is TRADES.
     model, variables, batch = tiny_setup()
-    loss, _, _ = run_objective(adr.adr_trades(model.apply, beta=6.0, **ATTACK, **ZERO),
-                               variables["params"], batch)
-    ref, _, _ = run_objective(trades.make(model.apply, beta=6.0, **ATTACK), variables["params"],
-                              batch)
-    np.testing.assert_allclose(float(loss), float(ref), rtol=1e-5)
+    params, key = variables["params"], jax.random.PRNGKey(3)
+    x, y = batch["image"], batch["label"]
+    state = {"model": {}, "method": {}}
+    thesis = adr.adr_trades(model.apply, **ATTACK, **ZERO)
+    release = adr.adr_trades(model.apply, variant="release", **ATTACK, **ZERO)
+    reference_trades = trades.make(model.apply, beta=1.0, **ATTACK)
+
+    def run(params):
+        k_attack = jax.random.split(key, 4)[0]
+        f = lambda v: model.apply({"params": params}, v)
+        x_a = trades.trades_attack(f, x, y, k_attack, **ATTACK)   # the TRADES adversary itself
+        eq4 = c_mean_ce(model.apply({"params": params}, x_a), y) + c_mean_ce(f(x), y)
+        return (thesis(params, state, batch, key)[0], release(params, state, batch, key)[0],
+                reference_trades(params, state, batch, key)[0], eq4)
+
+    got_thesis, got_release, ref_trades, ref_eq4 = fast_jit(run)(params)
+    np.testing.assert_allclose(float(got_thesis), float(ref_eq4), rtol=1e-5)
+    np.testing.assert_allclose(float(got_release), float(ref_trades), rtol=1e-5)
+    assert abs(float(got_thesis) - float(got_release)) > 1e-3   # two different losses
+    with pytest.raises(ValueError, match="beta"):
+        adr.adr_trades(model.apply, beta=6.0, **ATTACK)        # silently unused otherwise
+    with pytest.raises(ValueError, match="variant"):
+        adr.adr_trades(model.apply, variant="pytorch", **ATTACK)
+
+
+def c_mean_ce(logits, y):
+    return jnp.mean(losses.cross_entropy(logits, y))
+
+
+def test_adr_smt_stop_gradient_blocks_only_the_natural_side():
+    rng = np.random.default_rng(11)
+    feat_nat, feat_adv = (jnp.asarray(rng.normal(size=(6, 5)), jnp.float32) for _ in range(2))
+    logits_nat, logits_adv = (jnp.asarray(rng.normal(size=(6, 4)), jnp.float32) for _ in range(2))
+    y = jnp.asarray(rng.integers(4, size=6))
+
+    def smt(ln, la, sg):
+        return adr.adr_regularizers(feat_nat, feat_adv, ln, la, y, smt_stop_gradient=sg)["smt"]
+
+    for sg in (False, True):
+        np.testing.assert_allclose(float(smt(logits_nat, logits_adv, sg)),
+                                   float(jnp.mean(losses.kl_divergence(logits_nat, logits_adv))),
+                                   rtol=1e-6)
+    g_nat = jax.grad(smt, argnums=(0, 1))(logits_nat, logits_adv, False)
+    g_sg = jax.grad(smt, argnums=(0, 1))(logits_nat, logits_adv, True)
+    assert float(jnp.max(jnp.abs(g_nat[0]))) > 1e-3 and float(jnp.max(jnp.abs(g_sg[0]))) == 0.0
+    np.testing.assert_allclose(g_sg[1], g_nat[1], rtol=1e-5, atol=1e-7)
 
 
 def test_adr_global_compactness_matches_the_pair_sum():
@@ -386,15 +469,85 @@ def test_adr_global_compactness_matches_the_pair_sum():
 
 
 def test_ascl_objective_runs_and_logs_r_div():
+    # The release variant's path (the thesis' scl_loss / vat_loss are checked against the sums above).
     model, variables, batch = tiny_setup()
-    for selection in ("leaked_ls",):  # the selections themselves are checked above
-        loss, aux, grads = run_objective(ascl.ascl(model.apply, selection=selection, **ATTACK),
-                                         variables["params"], batch)
-        m = aux["metrics"]
-        assert np.isfinite(float(loss)) and np.isfinite(float(m["r_div"])) and float(m["r_div"]) > 0
-        np.testing.assert_allclose(float(loss), float(m["l_at"] + m["l_scl"] + 2 * m["l_vat"]),
-                                   rtol=1e-5)
-        assert all(np.all(np.isfinite(g)) for g in jax.tree_util.tree_leaves(grads))
+    loss, aux, grads = run_objective(
+        ascl.ascl(model.apply, selection="leaked_ls", variant="release", **ATTACK),
+        variables["params"], batch)
+    m = aux["metrics"]
+    assert np.isfinite(float(loss)) and np.isfinite(float(m["r_div"])) and float(m["r_div"]) > 0
+    np.testing.assert_allclose(float(loss), float(m["l_at"] + m["l_scl"] + 2 * m["l_vat"]),
+                               rtol=1e-5)
+    assert all(np.all(np.isfinite(g)) for g in jax.tree_util.tree_leaves(grads))
+
+
+def loop_scl_release(z, y, p_nat, p_adv, selection, tau):
+    """The released code's L_SCL written from its description: -linf similarity of L2-normalized
+    latents, positives = same label (and, for Leaked-LS, same prediction) among all other rows (the
+    counterpart is one of them), kept = positives + the selection's negatives, L_r divided by
+    max(|P|, 1), mean over the 2N anchors."""
+    n = len(y)
+    lab = lambda r: y[r % n]
+    pred = lambda r: p_nat[r] if r < n else p_adv[r - n]
+    zn = z / np.linalg.norm(z, axis=1, keepdims=True)
+    total = 0.0
+    for a in range(2 * n):
+        pos, neg = [], []
+        for b in range(2 * n):
+            if b == a:
+                continue
+            if lab(b) == lab(a):
+                if selection != "leaked_ls" or pred(b) == pred(a):
+                    pos.append(b)
+            elif (selection == "global" or (selection == "hard_ls" and pred(b) == lab(a))
+                  or (selection in ("soft_ls", "leaked_ls") and pred(b) == pred(a))):
+                neg.append(b)
+        s = lambda b: -np.max(np.abs(zn[a] - zn[b])) / tau
+        if not pos and not neg:
+            continue
+        log_denom = np.log(sum(np.exp(s(k)) for k in pos + neg))
+        total += -sum(s(b) - log_denom for b in pos) / max(len(pos), 1)
+    return total / (2 * n)
+
+
+@pytest.mark.parametrize("selection", ["global", "leaked_ls"])
+def test_scl_and_vat_release_variant_match_the_released_definitions(selection):
+    y, p_nat, p_adv = _small_batch(8)
+    rng = np.random.default_rng(9)
+    z = rng.normal(size=(2 * len(y), 6))
+    tau = 0.5
+    args = (jnp.asarray(z[:10], jnp.float32), jnp.asarray(z[10:], jnp.float32), jnp.asarray(y),
+            jnp.asarray(p_nat), jnp.asarray(p_adv))
+    got, _ = ascl.scl_loss(*args, selection=selection, tau=tau, variant="release")
+    np.testing.assert_allclose(float(got), loop_scl_release(z, y, p_nat, p_adv, selection, tau),
+                               rtol=1e-4)
+    thesis, _ = ascl.scl_loss(*args, selection=selection, tau=tau)
+    if selection == "global":   # same sets and similarity: only the 1/2N vs 1/N scale differs
+        cos_half, _ = ascl.scl_loss(*args, selection=selection, tau=tau, variant="release",
+                                    similarity="cosine")
+        np.testing.assert_allclose(float(cos_half), float(thesis) / 2, rtol=1e-5)
+    # VAT: KL / C in the release (KLDivLoss averages over batch and classes).
+    ln, la = (jnp.asarray(rng.normal(size=(5, 4)), jnp.float32) for _ in range(2))
+    kl = float(jnp.mean(losses.kl_divergence(ln, la)))
+    np.testing.assert_allclose(float(ascl.vat_loss(ln, la)), kl, rtol=1e-6)
+    np.testing.assert_allclose(float(ascl.vat_loss(ln, la, "release")), kl / 4, rtol=1e-6)
+    with pytest.raises(ValueError, match="variant"):
+        ascl.ascl(lambda *a, **k: None, eps=0.1, step_size=0.1, steps=1, variant="code")
+
+
+def test_batched_r_div_averages_the_divergences_over_minibatches():
+    rng = np.random.default_rng(12)
+    z_nat, z_adv = (jnp.asarray(rng.normal(size=(10, 4)), jnp.float32) for _ in range(2))
+    y = jnp.asarray(rng.integers(3, size=10))
+    r, d_pos, d_neg = ascl.batched_relative_divergence(z_nat, z_adv, y, batch_size=4)
+    parts = [ascl.absolute_divergences(z_nat[s], z_adv[s], y[s])
+             for s in (slice(0, 4), slice(4, 8), slice(8, 10))]
+    np.testing.assert_allclose(float(d_pos), np.mean([float(p[0]) for p in parts]), rtol=1e-6)
+    np.testing.assert_allclose(float(d_neg), np.mean([float(p[1]) for p in parts]), rtol=1e-6)
+    np.testing.assert_allclose(float(r), float(d_pos) / float(d_neg), rtol=1e-6)
+    whole = ascl.batched_relative_divergence(z_nat, z_adv, y, batch_size=10)[0]
+    np.testing.assert_allclose(float(whole), float(ascl.relative_divergence(z_nat, z_adv, y)),
+                               rtol=1e-6)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -431,7 +584,7 @@ def test_cce_base_is_independent_adversarial_training_of_each_member():
     ens, variables = tiny_ensemble(2)
     _, _, batch = tiny_setup()
     kw = dict(ATTACK, random_start=False)
-    loss, aux, grads = run_objective(cce.cce(ens.apply, variant="base", **kw),
+    loss, aux, grads = run_objective(cce.cce(ens.apply, mode="base", **kw),
                                      variables["params"], batch)
     member = member_model(ens)
     reference = at.pgd_at(member.apply, mix=0.5, **kw)
@@ -478,6 +631,106 @@ def test_cce_crossing_terms_match_eq5():
     got = cce.cce_member_losses(jnp.asarray(nat), jnp.asarray(cross), jnp.asarray(y),
                                 lambda_pm=lpm, lambda_dm=ldm)
     np.testing.assert_allclose(got, ref, rtol=1e-5)
+
+
+def test_cce_release_crossing_terms_use_probabilities_and_no_stop_gradient():
+    rng = np.random.default_rng(7)
+    nat = rng.normal(size=(2, 3, 4)).astype(np.float32) * 2
+    cross = rng.normal(size=(2, 2, 3, 4)).astype(np.float32) * 2
+    y = rng.integers(4, size=3)
+    lpm, ldm = 1.0, 5.0
+
+    def reference(nat, cross):
+        # The released adv_CCE from its description: p = member probabilities fed as logits.
+        sm = lambda z: np.exp(z - z.max()) / np.exp(z - z.max()).sum()
+        out = []
+        for n in range(2):
+            val = np.mean([-np.log(sm(nat[n, b])[y[b]]) - np.log(sm(cross[n, n, b])[y[b]])
+                           for b in range(3)])
+            i = 1 - n
+            terms = []
+            for b in range(3):
+                p = sm(cross[n, i, b])
+                q = sm(p)
+                terms.append(lpm * p[y[b]] * -np.log(q[y[b]])
+                             - ldm * (1 - p[y[b]]) * -np.sum(p * np.log(q)))
+            out.append(val + np.mean(terms))
+        return np.array(out)
+
+    got = cce.cce_member_losses(jnp.asarray(nat), jnp.asarray(cross), jnp.asarray(y),
+                                lambda_pm=lpm, lambda_dm=ldm, variant="release")
+    np.testing.assert_allclose(got, reference(nat, cross), rtol=1e-5)
+    thesis = cce.cce_member_losses(jnp.asarray(nat), jnp.asarray(cross), jnp.asarray(y),
+                                   lambda_pm=lpm, lambda_dm=ldm)
+    assert np.max(np.abs(np.asarray(got) - np.asarray(thesis))) > 1e-2
+    # No stop-gradient on p_y: the gradient is that of the whole expression (central differences
+    # on an off-diagonal, i.e. crossing, logit).
+    loss = lambda c: jnp.sum(cce.cce_member_losses(jnp.asarray(nat), c, jnp.asarray(y),
+                                                   lambda_pm=lpm, lambda_dm=ldm,
+                                                   variant="release"))
+    grad = np.asarray(jax.grad(loss)(jnp.asarray(cross)))
+    h = 1e-2
+    for idx in [(0, 1, 0, int(y[0])), (1, 0, 2, 1)]:
+        up, down = cross.copy(), cross.copy()
+        up[idx] += h
+        down[idx] -= h
+        fd = (reference(nat, up).sum() - reference(nat, down).sum()) / (2 * h)
+        np.testing.assert_allclose(grad[idx], fd, rtol=2e-2, atol=1e-4)
+    with pytest.raises(ValueError, match="lambda_pm"):
+        cce.cce(lambda *a, **k: None, eps=0.1, step_size=0.1, steps=1, mode="rm", lambda_pm=2.0)
+
+
+def test_adv_en_attacks_the_ensemble_and_trains_every_member_on_its_examples():
+    ens, variables = tiny_ensemble(2)
+    _, _, batch = tiny_setup()
+    x, y = batch["image"], batch["label"]
+    key = jax.random.PRNGKey(3)
+    loss, aux, grads = run_objective(ensemble_at.adv_en(ens.apply, **ATTACK), variables["params"],
+                                     batch, key)
+    member = member_model(ens)
+
+    def reference(params):
+        # x_a^en: PGD against the ensemble output with the objective's attack key; then per-member
+        # CE on x_a^en and on x, summed over the members.
+        k_attack = jax.random.split(key, 4)[0]
+        full = {"params": params}
+        x_a = attacks.pgd(lambda v: ens.apply(jax.lax.stop_gradient(full), v), x, y,
+                          key=k_attack, **ATTACK)
+        total = 0.0
+        for n in range(2):
+            vn = member_variables(full, n)
+            total += c_mean_ce(member.apply(vn, x_a), y) + c_mean_ce(member.apply(vn, x), y)
+        return total
+
+    ref, ref_grads = fast_jit(jax.value_and_grad(reference))(variables["params"])
+    np.testing.assert_allclose(float(loss), float(ref), rtol=1e-5)
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+                           grads, ref_grads)
+    # The "ensemble" reading: CE of the ensemble output on both batches.
+    z_nat, z_adv = (jnp.asarray(np.random.default_rng(s).normal(size=(2, 8, 3)), jnp.float32)
+                    for s in (1, 2))
+    ens_ce = lambda z: c_mean_ce(jnp.log(jnp.mean(jax.nn.softmax(z, -1), 0)), y)
+    np.testing.assert_allclose(float(ensemble_at.adv_en_loss(z_nat, z_adv, y, "ensemble")[0]),
+                               float(ens_ce(z_nat) + ens_ce(z_adv)), rtol=1e-5)
+    members_ce = sum(c_mean_ce(z_nat[n], y) + c_mean_ce(z_adv[n], y) for n in range(2))
+    np.testing.assert_allclose(float(ensemble_at.adv_en_loss(z_nat, z_adv, y)[0]),
+                               float(members_ce), rtol=1e-5)
+
+
+def test_tamoo_at_release_loss_is_the_ensemble_ce_on_clean_and_adversarial_examples():
+    ens, variables = tiny_ensemble(2)
+    _, _, batch = tiny_setup()
+    x, y = batch["image"], batch["label"]
+    kw = dict(eps=EPS, step_size=0.05, steps=1, weighting="uniform")
+    loss, _, _ = run_objective(cce.ensemble_moo_at(ens.apply, variant="release", **kw),
+                               variables["params"], batch)
+    k_attack = jax.random.split(jax.random.PRNGKey(3), 4)[0]
+    members = lambda v: ens.apply(variables, v, return_members=True)
+    x_adv = fast_jit(lambda x, y: tamoo.tamoo_ens(members, x, y, key=k_attack, **kw))(x, y)
+    ref = c_mean_ce(ens.apply(variables, x), y) + c_mean_ce(ens.apply(variables, x_adv), y)
+    np.testing.assert_allclose(float(loss), float(ref), rtol=1e-5)
+    with pytest.raises(ValueError, match="mix"):
+        cce.ensemble_moo_at(ens.apply, variant="release", mix=0.5, **kw)
 
 
 def test_transferability_metric():
@@ -587,3 +840,53 @@ def test_stochastic_eot_is_reproducible_per_key_and_stays_in_the_ball_and_box():
     assert np.all(np.isfinite(np.asarray(g)))
     succ = tamoo.eot_success(fn, a, y, stochastic_key=jax.random.PRNGKey(2))
     assert succ.shape == (4, 7)
+
+
+def _flat(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k != "member_config":
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def test_thesis_study_configs_match_their_baselines_in_everything_but_the_method():
+    # Issue 16: each method is compared with the thesis' baseline under the same network, data,
+    # adversary budget, optimizer and schedule; only objective.* may differ.
+    import importlib.util
+    import os
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+    def load(name):
+        spec = importlib.util.spec_from_file_location(name, os.path.join(root, "configs",
+                                                                         f"{name}.py"))
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return _flat(mod.get_config().to_dict())
+
+    pairs = {"adr_none_fmnist": ["adr_adv_fmnist", "adr_trades_fmnist",
+                                 "adr_baseline_trades_fmnist"],
+             "ascl_none_fmnist": [f"ascl_{s}_fmnist" for s in ("global", "hard", "soft", "leaked")],
+             "adv_en_fmnist": [f"cce_{m}_fmnist" for m in ("base", "rm", "dm")]}
+    for base, others in pairs.items():
+        b = load(base)
+        budget = {k: b[k] for k in ("objective.eps", "objective.step_size", "objective.steps")}
+        for other in others:
+            o = load(other)
+            differ = {k for k in set(b) | set(o) if b.get(k) != o.get(k)}
+            assert all(k.startswith("objective.") for k in differ), (base, other, differ)
+            assert {k: o[k] for k in budget} == budget, (base, other)
+    adr_none = load("adr_none_fmnist")
+    assert adr_none["objective.name"] == "adr_adv"
+    assert all(adr_none[f"objective.lambda_{t}"] == 0 for t in ("lc", "gb", "conf", "smt"))
+    assert (adr_none["optim.name"], adr_none["optim.lr"], adr_none["model.widths"],
+            adr_none["model.fc_widths"]) == ("sgd", 0.01, (32, 32), (200, 200))
+    ascl_none = load("ascl_none_fmnist")
+    assert {k: v for k, v in ascl_none.items() if k.startswith("objective.")} == \
+        {k: v for k, v in adr_none.items() if k.startswith("objective.")}
+    assert (ascl_none["optim.name"], ascl_none["optim.lr"], ascl_none["optim.grad_clip"]) == \
+        ("adam", 1e-3, 0.0)
+    assert load("adv_en_fmnist")["objective.name"] == "adv_en"

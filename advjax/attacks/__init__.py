@@ -1,14 +1,24 @@
 """Attacks: pure functions `attack(logits_fn, x, y, *, key, **hyperparameters) -> x_adv`.
 
 One module per family; this package re-exports a flat API and a name registry (`ATTACKS`,
-`get_attack`) used by configs and the CLI.
+`get_attack`) used by configs and the CLI. Every attack takes `bounds=(lo, hi)`, the valid-input box
+(default (0, 1)); `normalized(logits_fn, mean, std)` attacks a model trained on standardized inputs in
+pixel space; `targets` holds the target-selection rules and `targeted(attack, rule)` the targeted
+mode of any attack that has one.
 """
 
+from __future__ import annotations
+
+from typing import Callable
+
+from advjax.attacks import targets
 from advjax.attacks.adt import adt_exp_attack
 from advjax.attacks.apgd import apgd, apgd_ce, apgd_t
 from advjax.attacks.daa import daa_algorithm1, daa_blob, daa_dgf
 from advjax.attacks.gradient import bim, cw_pgd, fgm, fgsm, mim, multitargeted_pgd, pgd, rfgsm
+from advjax.attacks.preprocessing import normalized
 from advjax.attacks.tamoo import tamoo_ens, tamoo_ens_members, tamoo_eot, tamoo_uni
+from advjax.attacks.targets import targeted
 from advjax.attacks.wrm import wrm
 
 ATTACKS = {
@@ -41,7 +51,7 @@ ATTACKS = {
 }
 
 
-def register_attack(name, fn):
+def register_attack(name: str, fn: Callable) -> Callable:
     """Adds an attack to the registry (method modules register theirs, e.g. DAA, ADT)."""
     if name in ATTACKS and ATTACKS[name] is not fn:
         raise ValueError(f"attack {name!r} is already registered")
@@ -49,7 +59,7 @@ def register_attack(name, fn):
     return fn
 
 
-def get_attack(name):
+def get_attack(name: str) -> Callable:
     """Looks an attack up by name; the error lists the valid names."""
     try:
         return ATTACKS[name]
@@ -57,4 +67,7 @@ def get_attack(name):
         raise ValueError(f"unknown attack {name!r}; valid: {sorted(ATTACKS)}") from None
 
 
-__all__ = ["ATTACKS", "tamoo_ens", "get_attack", "register_attack"] + sorted(ATTACKS)
+# The attack functions imported here (a registry name may differ from its function's: "adt_exp").
+__all__ = ["ATTACKS", "tamoo_ens", "get_attack", "register_attack", "normalized", "targeted",
+           "targets"] + sorted({getattr(fn, "__name__", "") for fn in ATTACKS.values()}
+                               & set(globals()))

@@ -1,27 +1,32 @@
 """Input checks at the public boundary of every attack.
 
 Shape, dtype and static-hyperparameter checks run at trace time, so they also fire under `jax.jit`.
-Value checks (finite x inside [0, 1], labels in range, eps >= 0) need concrete values: they run when an
-attack is called on concrete arrays (eagerly), and are skipped when its inputs are tracers (inside
-`jit`/`vmap`), because a traced value cannot be inspected without a host sync. Call the attack once
-eagerly, or use `advjax.evaluate`, which validates each batch before the jitted call.
+Value checks (finite x inside the box `bounds`, labels in range, eps >= 0) need concrete values: they
+run when an attack is called on concrete arrays (eagerly), and are skipped when its inputs are
+tracers (inside `jit`/`vmap`), because a traced value cannot be inspected without a host sync. Call
+the attack once eagerly, or use `advjax.evaluate`, which validates each batch before the jitted
+call.
 """
 
 from __future__ import annotations
 
 import numbers
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from advjax import threat
 
-def is_concrete(a) -> bool:
+
+def is_concrete(a: Any) -> bool:
     """True if `a` has a value now (a NumPy/JAX array or Python number, not a tracer)."""
     return not isinstance(a, jax.core.Tracer)
 
 
-def check_positive_int(value, name: str, minimum: int = 1) -> int:
+def check_positive_int(value: Any, name: str, minimum: int = 1) -> int:
+    """Returns `value` as an int >= `minimum` (a static count: steps, restarts), else raises."""
     if isinstance(value, bool) or not isinstance(value, (numbers.Integral, np.integer)):
         raise ValueError(f"{name} must be an int >= {minimum} (static), got {value!r}")
     if value < minimum:
@@ -29,7 +34,7 @@ def check_positive_int(value, name: str, minimum: int = 1) -> int:
     return int(value)
 
 
-def check_nonnegative(value, name: str):
+def check_nonnegative(value: Any, name: str) -> Any:
     """eps, step sizes: a Python number or scalar array >= 0 (checked when concrete)."""
     if value is None:
         raise ValueError(f"{name} is required")
@@ -44,8 +49,10 @@ def check_nonnegative(value, name: str):
     return value
 
 
-def check_batch(logits_fn, x, y, *, labels_name: str = "y"):
-    """Checks x (batch of inputs in [0, 1]) and y (batch of int labels) and returns the class count.
+def check_batch(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array, y: jax.Array, *,
+                labels_name: str = "y", bounds: threat.Bounds = threat.DEFAULT_BOUNDS) -> int:
+    """Checks x (batch of inputs in the box `bounds`, default [0, 1]) and y (batch of int labels) and
+    returns the class count. `bounds` itself is validated (`threat.check_bounds`).
 
     The class count comes from `jax.eval_shape(logits_fn, x)`: a trace, no computation.
     """
@@ -66,12 +73,7 @@ def check_batch(logits_fn, x, y, *, labels_name: str = "y"):
             f"logits_fn must map a batch of {x.shape[0]} inputs to logits of shape "
             f"({x.shape[0]}, classes), got {out.shape}")
     num_classes = out.shape[1]
-    if is_concrete(x):
-        xv = np.asarray(x)
-        if not np.all(np.isfinite(xv)):
-            raise ValueError("x contains non-finite values (NaN or inf)")
-        if xv.size and (xv.min() < 0.0 or xv.max() > 1.0):
-            raise ValueError(f"x must lie in the box [0, 1], got values in [{xv.min()}, {xv.max()}]")
+    check_in_box(x, bounds)
     if is_concrete(y):
         yv = np.asarray(y)
         if yv.size and (yv.min() < 0 or yv.max() >= num_classes):
@@ -81,7 +83,22 @@ def check_batch(logits_fn, x, y, *, labels_name: str = "y"):
     return num_classes
 
 
-def check_key(key, needed: bool, why: str):
+def check_in_box(x: jax.Array, bounds: threat.Bounds = threat.DEFAULT_BOUNDS,
+                 name: str = "x") -> threat.Bounds:
+    """Validates `bounds` (`threat.check_bounds`) and, when x is concrete, that x is finite and lies
+    in the box [lo, hi]. Returns (lo, hi) as floats."""
+    lo, hi = threat.check_bounds(bounds)
+    if is_concrete(x):
+        xv = np.asarray(x)
+        if not np.all(np.isfinite(xv)):
+            raise ValueError(f"{name} contains non-finite values (NaN or inf)")
+        if xv.size and (xv.min() < lo or xv.max() > hi):
+            raise ValueError(f"{name} must lie in the box bounds=[{lo:g}, {hi:g}], got values in "
+                             f"[{xv.min()}, {xv.max()}]")
+    return lo, hi
+
+
+def check_key(key: Optional[jax.Array], needed: bool, why: str) -> Optional[jax.Array]:
     if needed and key is None:
         raise ValueError(f"key is required ({why})")
     return key

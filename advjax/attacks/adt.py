@@ -31,11 +31,12 @@ Choices where the paper is silent (documented here once, used everywhere):
     adam_b1 = 0.9, adam_b2 = 0.999 for textbook Adam.
   * The k Monte-Carlo samples of one step run as one batch of k * B inputs through `logits_fn`.
 
-The [0, 1] box. x + delta is clipped to [0, 1], as in the paper's code. The clipped perturbation has
-no density (coordinates pushed against the box collect as atoms on its faces), so the entropy term
-is the entropy of the unclipped delta (Eq. 11), exactly as the released code computes it; the loss
-gradient of a clipped coordinate is zero and only the entropy acts on it. Clipping never leaves the
-ball: x is in the box, so clipping only moves x + delta towards x.
+The box. x + delta is clipped to the valid-input box `bounds` (default [0, 1]), as in the paper's
+code. The clipped perturbation has no density (coordinates pushed against the box collect as atoms
+on its faces), so the entropy term is the entropy of the unclipped delta (Eq. 11), exactly as the
+released code computes it; the loss gradient of a clipped coordinate is zero and only the entropy
+acts on it. Clipping never leaves the ball: x is in the box, so clipping only moves x + delta
+towards x.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ import optax
 from advjax import losses as losses_lib
 from advjax import threat
 from advjax.attacks import _validation as v
+from advjax.threat import DEFAULT_BOUNDS, Bounds, Scalar
 
 LogitsFn = Callable[[jax.Array], jax.Array]
 Loss = Union[str, losses_lib.LossFn]
@@ -75,7 +77,7 @@ class TanhGaussian(NamedTuple):
     sigma: jax.Array
 
 
-def softplus_inverse(sigma) -> jax.Array:
+def softplus_inverse(sigma: Scalar) -> jax.Array:
     """rho with softplus(rho) = sigma > 0: rho = sigma + log(1 - exp(-sigma))."""
     sigma = jnp.asarray(sigma, jnp.float32)
     return sigma + jnp.log(-jnp.expm1(-sigma))
@@ -86,12 +88,13 @@ def log1m_tanh_sq(u: jax.Array) -> jax.Array:
     return 2.0 * (math.log(2.0) - u - jax.nn.softplus(-2.0 * u))
 
 
-def tanh_gaussian_delta(mu, sigma, r, eps) -> jax.Array:
+def tanh_gaussian_delta(mu: jax.Array, sigma: jax.Array, r: jax.Array, eps: Scalar) -> jax.Array:
     """Eq. (8) reparameterized: delta = eps * tanh(mu + sigma * r)."""
     return eps * jnp.tanh(mu + sigma * r)
 
 
-def tanh_gaussian_nll_terms(r, mu, sigma, eps) -> jax.Array:
+def tanh_gaussian_nll_terms(r: jax.Array, mu: jax.Array, sigma: jax.Array,
+                            eps: Scalar) -> jax.Array:
     """The summands of Eq. (11), elementwise: -log p of each coordinate of delta = eps tanh(mu + sigma r).
 
     r^2/2 + log(2 pi)/2 + log sigma + log(1 - tanh(mu + sigma r)^2) + log eps.
@@ -104,13 +107,14 @@ def _per_example_mean(a: jax.Array, batch_axes: int = 1) -> jax.Array:
     return jnp.mean(a.reshape(a.shape[:batch_axes] + (-1,)), axis=-1)
 
 
-def neg_log_density(r, mu, sigma, eps) -> jax.Array:
+def neg_log_density(r: jax.Array, mu: jax.Array, sigma: jax.Array, eps: Scalar) -> jax.Array:
     """-log p(delta) per example (Eq. 11 summed over all non-batch axes), shape (batch,)."""
     t = tanh_gaussian_nll_terms(r, mu, sigma, eps)
     return jnp.sum(t.reshape(t.shape[0], -1), axis=-1)
 
 
-def entropy_per_dim(r, mu, sigma, eps, batch_axes: int = 1) -> jax.Array:
+def entropy_per_dim(r: jax.Array, mu: jax.Array, sigma: jax.Array, eps: Scalar,
+                    batch_axes: int = 1) -> jax.Array:
     """One-sample estimate of H(p) / d per example: Eq. (11) averaged over coordinates.
 
     `batch_axes` leading axes are kept (2 for a (samples, batch, ...) stack).
@@ -118,16 +122,17 @@ def entropy_per_dim(r, mu, sigma, eps, batch_axes: int = 1) -> jax.Array:
     return _per_example_mean(tanh_gaussian_nll_terms(r, mu, sigma, eps), batch_axes)
 
 
-def sample_tanh_gaussian(key: jax.Array, dist: TanhGaussian, eps) -> Tuple[jax.Array, jax.Array]:
+def sample_tanh_gaussian(key: jax.Array, dist: TanhGaussian,
+                         eps: Scalar) -> Tuple[jax.Array, jax.Array]:
     """One reparameterized draw per example: (delta, entropy estimate per dimension, shape (batch,))."""
     r = jax.random.normal(key, dist.mu.shape, dist.mu.dtype)
     delta = tanh_gaussian_delta(dist.mu, dist.sigma, r, eps)
     return delta, entropy_per_dim(r, dist.mu, dist.sigma, eps)
 
 
-def perturb(x: jax.Array, delta: jax.Array) -> jax.Array:
-    """x + delta clipped to the [0, 1] box (delta already inside the linf ball)."""
-    return threat.clip_to_box(x + delta.astype(x.dtype)).astype(x.dtype)
+def perturb(x: jax.Array, delta: jax.Array, bounds: Bounds = DEFAULT_BOUNDS) -> jax.Array:
+    """x + delta clipped to the box `bounds` (delta already inside the linf ball)."""
+    return threat.clip_to_box(x + delta.astype(x.dtype), *bounds).astype(x.dtype)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -139,7 +144,9 @@ def _resolve_loss(logits_fn, x, loss: Loss) -> losses_lib.LossFn:
     return losses_lib.get_loss(loss, logits_nat=logits_nat)
 
 
-def exp_mc_objective(logits_fn: LogitsFn, loss_fn, x, y, mu, rho, r, *, eps, lam):
+def exp_mc_objective(logits_fn: LogitsFn, loss_fn: losses_lib.LossFn, x: jax.Array, y: jax.Array,
+                     mu: jax.Array, rho: jax.Array, r: jax.Array, *, eps: Scalar, lam: Scalar,
+                     bounds: Bounds = DEFAULT_BOUNDS) -> Tuple[jax.Array, Any]:
     """Per-example Monte-Carlo estimate of the inner objective of Eq. (9), the integrand of Eq. (10):
 
         J_i = 1/k sum_s [ L(f(clip(x_i + eps tanh(mu_i + softplus(rho_i) r_s))), y_i)
@@ -152,7 +159,7 @@ def exp_mc_objective(logits_fn: LogitsFn, loss_fn, x, y, mu, rho, r, *, eps, lam
     k = r.shape[0]
     sigma = jax.nn.softplus(rho)
     delta = tanh_gaussian_delta(mu[None], sigma[None], r, eps)
-    x_adv = threat.clip_to_box(x[None] + delta)
+    x_adv = threat.clip_to_box(x[None] + delta, *bounds)
     logits = logits_fn(x_adv.reshape((k * x.shape[0],) + x.shape[1:]))
     logits = logits.reshape((k, x.shape[0]) + logits.shape[1:])
     loss = jax.vmap(loss_fn, in_axes=(0, None))(logits, y)
@@ -160,8 +167,9 @@ def exp_mc_objective(logits_fn: LogitsFn, loss_fn, x, y, mu, rho, r, *, eps, lam
     return jnp.mean(loss + lam * ent, axis=0), (loss, ent, logits)
 
 
-def _check_exp(logits_fn, x, y, key, eps, steps, samples, lr, lam, adam_b1, adam_b2, init_sigma):
-    v.check_batch(logits_fn, x, y)
+def _check_exp(logits_fn, x, y, key, eps, steps, samples, lr, lam, adam_b1, adam_b2, init_sigma,
+               bounds=DEFAULT_BOUNDS):
+    v.check_batch(logits_fn, x, y, bounds=bounds)
     v.check_nonnegative(eps, "eps")
     v.check_positive_int(steps, "steps")
     v.check_positive_int(samples, "samples")
@@ -175,10 +183,11 @@ def _check_exp(logits_fn, x, y, key, eps, steps, samples, lr, lam, adam_b1, adam
         raise ValueError(f"init_sigma must be > 0, got {init_sigma}")
 
 
-def adt_exp_inner(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: jax.Array, eps,
+def adt_exp_inner(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: jax.Array, eps: Scalar,
                   steps: int = 7, samples: int = 5, lr: float = 0.3, lam: float = 0.01,
                   adam_b1: float = 0.0, adam_b2: float = 0.0,
-                  init_sigma: float = DEFAULT_INIT_SIGMA, loss: Loss = "ce") -> TanhGaussian:
+                  init_sigma: float = DEFAULT_INIT_SIGMA, loss: Loss = "ce",
+                  bounds: Bounds = DEFAULT_BOUNDS) -> TanhGaussian:
     """The inner maximization of ADT_EXP (Sec. 3.1, Eq. 9): per-example (mu, sigma) by Adam ascent.
 
     max_{mu, rho} E_r[ L(f(clip(x + eps tanh(mu + softplus(rho) r))), y) ] + lam * H(p) / d,
@@ -192,14 +201,17 @@ def adt_exp_inner(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: jax.A
     ADT with the TRADES loss) or a callable (logits, y) -> per-example loss.
     Returns the learned TanhGaussian(mu, sigma) (sigma = softplus(rho)).
     """
-    _check_exp(logits_fn, x, y, key, eps, steps, samples, lr, lam, adam_b1, adam_b2, init_sigma)
+    bounds = threat.check_bounds(bounds)
+    _check_exp(logits_fn, x, y, key, eps, steps, samples, lr, lam, adam_b1, adam_b2, init_sigma,
+               bounds)
     loss_fn = _resolve_loss(logits_fn, x, loss)
     dtype = x.dtype
     params = (jnp.zeros_like(x), jnp.full_like(x, softplus_inverse(init_sigma).astype(dtype)))
     opt = optax.adam(lr, b1=adam_b1, b2=adam_b2)
 
     def neg_total(p, r):
-        j, _ = exp_mc_objective(logits_fn, loss_fn, x, y, p[0], p[1], r, eps=eps, lam=lam)
+        j, _ = exp_mc_objective(logits_fn, loss_fn, x, y, p[0], p[1], r, eps=eps, lam=lam,
+                                bounds=bounds)
         return -jnp.sum(j)
 
     def body(t, carry):
@@ -224,11 +236,12 @@ def _keep_best(per_example_loss, success, candidates):
                                axis=0)[0]
 
 
-def adt_exp_attack(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: jax.Array, eps,
+def adt_exp_attack(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: jax.Array, eps: Scalar,
                    steps: int = 20, samples: int = 10, lr: float = 0.3, lam: float = 0.01,
                    adam_b1: float = 0.0, adam_b2: float = 0.0,
                    init_sigma: float = DEFAULT_INIT_SIGMA, loss: Loss = "ce",
-                   select: str = "sample", final_samples: int = 10) -> jax.Array:
+                   select: str = "sample", final_samples: int = 10,
+                   bounds: Bounds = DEFAULT_BOUNDS) -> jax.Array:
     """The EXP attack (Sec. 5.3, Table 4): learn each example's adversarial distribution against a
     fixed model with `adt_exp_inner` (paper: T = 20 steps, k = 10 samples), then draw from it.
 
@@ -236,22 +249,24 @@ def adt_exp_attack(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: jax.
       accuracy under the attack is the accuracy on samples of the learned distribution, the quantity
       Table 4 reports for EXP. select="best": `final_samples` draws, keeping per example a
       misclassified one if any, else the one of highest loss (a stronger, best-of-n variant).
-    Per-example, linf only; returns x_adv of x's shape and dtype, inside the eps-ball and [0, 1].
+    Per-example, linf only; returns x_adv of x's shape and dtype, inside the eps-ball and the box
+    `bounds` (default [0, 1]).
     """
+    bounds = threat.check_bounds(bounds)
     if select not in SELECT_MODES:
         raise ValueError(f"select must be one of {SELECT_MODES}, got {select!r}")
     v.check_positive_int(final_samples, "final_samples")
     k_inner, k_draw = jax.random.split(v.check_key(key, True, "the distribution is sampled"))
     dist = adt_exp_inner(logits_fn, x, y, key=k_inner, eps=eps, steps=steps, samples=samples,
                          lr=lr, lam=lam, adam_b1=adam_b1, adam_b2=adam_b2, init_sigma=init_sigma,
-                         loss=loss)
+                         loss=loss, bounds=bounds)
     if select == "sample":
         delta, _ = sample_tanh_gaussian(k_draw, dist, eps)
-        return perturb(x, delta)
+        return perturb(x, delta, bounds)
     loss_fn = _resolve_loss(logits_fn, x, loss)
     r = jax.random.normal(k_draw, (final_samples,) + x.shape, x.dtype)
     x_advs = threat.clip_to_box(x[None] + tanh_gaussian_delta(dist.mu[None], dist.sigma[None], r,
-                                                              eps)).astype(x.dtype)
+                                                              eps), *bounds).astype(x.dtype)
     logits = logits_fn(x_advs.reshape((-1,) + x.shape[1:]))
     logits = logits.reshape((final_samples, x.shape[0]) + logits.shape[1:])
     per_loss = jax.vmap(loss_fn, in_axes=(0, None))(logits, y)
@@ -269,12 +284,14 @@ def _unit_linf(g: jax.Array) -> jax.Array:
     return g / (m.reshape((-1,) + (1,) * (g.ndim - 1)) + _TINY)
 
 
-def generator_inputs(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, eps,
-                     mode: str = "image_and_gradients") -> jax.Array:
+def generator_inputs(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, eps: Scalar,
+                     mode: str = "image_and_gradients",
+                     bounds: Bounds = DEFAULT_BOUNDS) -> jax.Array:
     """What the conditional generator g_phi sees, concatenated on the channel axis (constants).
 
     "image": x alone (g_phi(x) of the paper's Sec. 3.2).
-    "image_and_gradients": [x, grad_x CE(x), grad_x CE(x_fgsm)], x_fgsm = clip(x + eps sign(grad)),
+    "image_and_gradients": [x, grad_x CE(x), grad_x CE(x_fgsm)], x_fgsm = clip(x + eps sign(grad))
+      (clipped to `bounds`),
       the inputs of the authors' released code (adt_expam.py, "the two-step gradients as inputs to
       the generator"); each gradient is rescaled to unit linf norm per example (our choice: raw CE
       gradients are orders of magnitude smaller than pixels and shrink as the model trains).
@@ -286,7 +303,7 @@ def generator_inputs(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, eps,
         return x
     grad_ce = jax.grad(lambda xa: jnp.sum(losses_lib.cross_entropy(logits_fn(xa), y)))
     g0 = grad_ce(x)
-    x_fgsm = threat.clip_to_box(x + eps * jnp.sign(g0)).astype(x.dtype)
+    x_fgsm = threat.clip_to_box(x + eps * jnp.sign(g0), *bounds).astype(x.dtype)
     g1 = grad_ce(x_fgsm)
     return jax.lax.stop_gradient(jnp.concatenate([x, _unit_linf(g0), _unit_linf(g1)], axis=-1))
 
@@ -298,7 +315,7 @@ def generator_input_channels(image_channels: int, mode: str, z_channels: int = 0
     return image_channels * (1 if mode == "image" else 3) + z_channels
 
 
-def apply_train_mode(module, variables, inputs):
+def apply_train_mode(module: Any, variables: Any, inputs: jax.Array) -> Tuple[jax.Array, Any]:
     """A Flax-style module in training mode (batch statistics); returns (output, new variables)."""
     mutable = [k for k in variables if k != "params"]
     out, updates = module.apply(variables, inputs, train=True, mutable=mutable)
@@ -310,8 +327,10 @@ def split_mu_sigma(out: jax.Array, channels: int) -> TanhGaussian:
     return TanhGaussian(out[..., :channels], jax.nn.softplus(out[..., channels:]))
 
 
-def exp_am_objective(gen_params, gen_rest, *, generator, logits_fn: LogitsFn, loss_fn, x, y,
-                     features, key, eps, lam):
+def exp_am_objective(gen_params: Any, gen_rest: Any, *, generator: Any, logits_fn: LogitsFn,
+                     loss_fn: losses_lib.LossFn, x: jax.Array, y: jax.Array, features: jax.Array,
+                     key: jax.Array, eps: Scalar, lam: Scalar,
+                     bounds: Bounds = DEFAULT_BOUNDS) -> Tuple[jax.Array, Any]:
     """ADT_EXP-AM's generator objective with k = 1 (Sec. 3.2): the batch mean of
 
         L(f(clip(x + eps tanh(mu + sigma r))), y) + lam * (-log p(delta)) / d,   (mu, sigma) = g_phi(x),
@@ -322,7 +341,7 @@ def exp_am_objective(gen_params, gen_rest, *, generator, logits_fn: LogitsFn, lo
     out, new_vars = apply_train_mode(generator, {"params": gen_params, **gen_rest}, features)
     dist = split_mu_sigma(out, x.shape[-1])
     delta, ent = sample_tanh_gaussian(key, dist, eps)
-    x_adv = perturb(x, delta)
+    x_adv = perturb(x, delta, bounds)
     logits = logits_fn(x_adv)
     loss = loss_fn(logits, y)
     j = jnp.mean(loss) + lam * jnp.mean(ent)
@@ -331,19 +350,21 @@ def exp_am_objective(gen_params, gen_rest, *, generator, logits_fn: LogitsFn, lo
                     logits=logits, state=state)
 
 
-def uniform_noise_channels(key, x: jax.Array, z_channels: int) -> jax.Array:
+def uniform_noise_channels(key: jax.Array, x: jax.Array, z_channels: int) -> jax.Array:
     """z ~ U(-1, 1) with x's spatial shape and `z_channels` channels (the IMP-AM prior, Sec. 3.3)."""
     return jax.random.uniform(key, x.shape[:-1] + (z_channels,), x.dtype, -1.0, 1.0)
 
 
-def imp_am_delta(gen_params, gen_rest, *, generator, features, z, eps):
+def imp_am_delta(gen_params: Any, gen_rest: Any, *, generator: Any, features: jax.Array,
+                 z: jax.Array, eps: Scalar) -> Tuple[jax.Array, Any]:
     """IMP-AM's implicit sample delta = g_phi(z; x) = eps * tanh(G([features, z])), and new state."""
     out, new_vars = apply_train_mode(generator, {"params": gen_params, **gen_rest},
                                      jnp.concatenate([features, z], axis=-1))
     return eps * jnp.tanh(out), {k: val for k, val in new_vars.items() if k != "params"}
 
 
-def entropy_lower_bound(enc_params, enc_rest, *, encoder, delta, x, z, eps):
+def entropy_lower_bound(enc_params: Any, enc_rest: Any, *, encoder: Any, delta: jax.Array,
+                        x: jax.Array, z: jax.Array, eps: Scalar) -> Tuple[jax.Array, Any]:
     """Variational lower bound on the entropy of the implicit distribution, per latent dimension.
 
     For delta = g(z; x) with z ~ U(-1, 1)^{d_z} and any conditional density q_psi(z | delta, x),
@@ -367,8 +388,12 @@ def entropy_lower_bound(enc_params, enc_rest, *, encoder, delta, x, z, eps):
     return bound, {k: val for k, val in new_vars.items() if k != "params"}
 
 
-def imp_am_objectives(gen_params, enc_params, gen_rest, enc_rest, *, generator, encoder,
-                      logits_fn: LogitsFn, loss_fn, x, y, features, key, eps, lam, z_channels):
+def imp_am_objectives(gen_params: Any, enc_params: Any, gen_rest: Any, enc_rest: Any, *,
+                      generator: Any, encoder: Any, logits_fn: LogitsFn,
+                      loss_fn: losses_lib.LossFn, x: jax.Array, y: jax.Array,
+                      features: jax.Array, key: jax.Array, eps: Scalar, lam: Scalar,
+                      z_channels: int,
+                      bounds: Bounds = DEFAULT_BOUNDS) -> Tuple[jax.Array, Any]:
     """ADT_IMP-AM (Sec. 3.3), k = 1: the generator maximizes mean L(f(clip(x + g(z; x))), y) + lam *
     bound, the encoder q_psi maximizes the bound (tightening it). Returns (generator objective
     negated, aux) where aux holds the encoder's negated objective ("encoder_loss") and diagnostics;
@@ -377,7 +402,7 @@ def imp_am_objectives(gen_params, enc_params, gen_rest, enc_rest, *, generator, 
     z = uniform_noise_channels(key, x, z_channels)
     delta, gen_state = imp_am_delta(gen_params, gen_rest, generator=generator, features=features,
                                     z=z, eps=eps)
-    x_adv = perturb(x, delta)
+    x_adv = perturb(x, delta, bounds)
     logits = logits_fn(x_adv)
     loss = loss_fn(logits, y)
     bound, enc_state = entropy_lower_bound(jax.lax.stop_gradient(enc_params), enc_rest,
@@ -387,26 +412,29 @@ def imp_am_objectives(gen_params, enc_params, gen_rest, enc_rest, *, generator, 
                     generator_state=gen_state, encoder_state=enc_state)
 
 
-def encoder_objective(enc_params, enc_rest, *, encoder, delta, x, z, eps):
+def encoder_objective(enc_params: Any, enc_rest: Any, *, encoder: Any, delta: jax.Array,
+                      x: jax.Array, z: jax.Array, eps: Scalar) -> Tuple[jax.Array, Any]:
     """The encoder's loss: -mean bound (delta, x, z are constants). Returns (loss, new state)."""
     bound, state = entropy_lower_bound(enc_params, enc_rest, encoder=encoder,
                                        delta=jax.lax.stop_gradient(delta), x=x, z=z, eps=eps)
     return -jnp.mean(bound), state
 
 
-def split_variables(variables) -> Tuple[Any, Any]:
+def split_variables(variables: Any) -> Tuple[Any, Any]:
     """Flax variables -> (params, the other collections)."""
     return variables["params"], {k: val for k, val in variables.items() if k != "params"}
 
 
-def adam_step(optimizer: optax.GradientTransformation, grads, opt_state, params):
+def adam_step(optimizer: optax.GradientTransformation, grads: Any, opt_state: Any,
+              params: Any) -> Tuple[Any, Any]:
     """One optax update: (new params, new optimizer state)."""
     updates, opt_state = optimizer.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state
 
 
-def _check_am(logits_fn, x, y, key, eps, train_steps, lr, lam, generator_input):
-    v.check_batch(logits_fn, x, y)
+def _check_am(logits_fn, x, y, key, eps, train_steps, lr, lam, generator_input,
+              bounds=DEFAULT_BOUNDS):
+    v.check_batch(logits_fn, x, y, bounds=bounds)
     v.check_nonnegative(eps, "eps")
     v.check_positive_int(train_steps, "train_steps")
     v.check_nonnegative(lr, "lr")
@@ -419,10 +447,11 @@ def _check_am(logits_fn, x, y, key, eps, train_steps, lr, lam, generator_input):
         raise ValueError(f"the AM attacks need NHWC images, got x of shape {x.shape}")
 
 
-def adt_exp_am_attack(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: jax.Array, eps,
-                      generator, train_steps: int = 200, lr: float = 1e-3, b1: float = 0.5,
-                      b2: float = 0.999, lam: float = 0.01,
-                      generator_input: str = "image_and_gradients", loss: Loss = "ce") -> jax.Array:
+def adt_exp_am_attack(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: jax.Array,
+                      eps: Scalar, generator: Any, train_steps: int = 200, lr: float = 1e-3,
+                      b1: float = 0.5, b2: float = 0.999, lam: float = 0.01,
+                      generator_input: str = "image_and_gradients", loss: Loss = "ce",
+                      bounds: Bounds = DEFAULT_BOUNDS) -> jax.Array:
     """The EXP-AM attack (Sec. 5.3, Table 4): train a fresh conditional generator g_phi(x) -> (mu,
     sigma) against the fixed `logits_fn` on this batch, then return one sample per example.
 
@@ -432,16 +461,18 @@ def adt_exp_am_attack(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: j
     on, and its batch norm normalizes over, the whole batch. The paper retrains the generator for
     each defended model on the training data; training on the evaluated batch is our protocol.
     """
-    _check_am(logits_fn, x, y, key, eps, train_steps, lr, lam, generator_input)
+    bounds = threat.check_bounds(bounds)
+    _check_am(logits_fn, x, y, key, eps, train_steps, lr, lam, generator_input, bounds)
     loss_fn = _resolve_loss(logits_fn, x, loss)
     k_init, k_loop, k_final = jax.random.split(key, 3)
-    features = generator_inputs(logits_fn, x, y, eps=eps, mode=generator_input)
+    features = generator_inputs(logits_fn, x, y, eps=eps, mode=generator_input, bounds=bounds)
     params, rest = split_variables(generator.init(k_init, features, train=False))
     opt = optax.adam(lr, b1=b1, b2=b2)
 
     def objective(p, r, k):
         return exp_am_objective(p, r, generator=generator, logits_fn=logits_fn, loss_fn=loss_fn,
-                                x=x, y=y, features=features, key=k, eps=eps, lam=lam)
+                                x=x, y=y, features=features, key=k, eps=eps, lam=lam,
+                                bounds=bounds)
 
     def body(t, carry):
         p, r, s = carry
@@ -454,11 +485,12 @@ def adt_exp_am_attack(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: j
     return aux["x_adv"]
 
 
-def adt_imp_am_attack(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: jax.Array, eps,
-                      generator, encoder, z_channels: int = 1, train_steps: int = 200,
-                      lr: float = 1e-3, b1: float = 0.5, b2: float = 0.999, lam: float = 0.01,
-                      generator_input: str = "image_and_gradients",
-                      loss: Loss = "ce") -> jax.Array:
+def adt_imp_am_attack(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: jax.Array,
+                      eps: Scalar, generator: Any, encoder: Any, z_channels: int = 1,
+                      train_steps: int = 200, lr: float = 1e-3, b1: float = 0.5,
+                      b2: float = 0.999, lam: float = 0.01,
+                      generator_input: str = "image_and_gradients", loss: Loss = "ce",
+                      bounds: Bounds = DEFAULT_BOUNDS) -> jax.Array:
     """The IMP-AM attack (Sec. 5.3, Table 4): train a fresh implicit generator delta = g_phi(z; x)
     and its entropy encoder q_psi against the fixed `logits_fn` on this batch; return one sample.
 
@@ -466,11 +498,12 @@ def adt_imp_am_attack(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: j
     channels ([delta / eps, x]) to 2 z_channels (mean, pre-softplus std of q(z | delta, x)).
     Batch-level like `adt_exp_am_attack`.
     """
-    _check_am(logits_fn, x, y, key, eps, train_steps, lr, lam, generator_input)
+    bounds = threat.check_bounds(bounds)
+    _check_am(logits_fn, x, y, key, eps, train_steps, lr, lam, generator_input, bounds)
     v.check_positive_int(z_channels, "z_channels")
     loss_fn = _resolve_loss(logits_fn, x, loss)
     k_gen, k_enc, k_loop, k_final = jax.random.split(key, 4)
-    features = generator_inputs(logits_fn, x, y, eps=eps, mode=generator_input)
+    features = generator_inputs(logits_fn, x, y, eps=eps, mode=generator_input, bounds=bounds)
     z0 = jnp.zeros(x.shape[:-1] + (z_channels,), x.dtype)
     gp, gr = split_variables(generator.init(k_gen, jnp.concatenate([features, z0], -1),
                                             train=False))
@@ -481,7 +514,7 @@ def adt_imp_am_attack(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: j
         return imp_am_objectives(p, enc_p, gen_rest, enc_rest, generator=generator,
                                  encoder=encoder, logits_fn=logits_fn, loss_fn=loss_fn, x=x, y=y,
                                  features=features, key=k, eps=eps, lam=lam,
-                                 z_channels=z_channels)
+                                 z_channels=z_channels, bounds=bounds)
 
     def body(t, carry):
         (gp, gr, gs), (ep, er, es) = carry

@@ -5,8 +5,8 @@ Per example, with eta^(0) = 2 eps and momentum alpha = 0.75:
     z^(k+1) = P_S( x^(k) + eta^(k) v*(grad f(x^(k))) )
     x^(k+1) = P_S( x^(k) + alpha (z^(k+1) - x^(k)) + (1 - alpha) (x^(k) - x^(k-1)) )   (alpha = 1 at k = 0)
 
-where S is the eps-ball intersected with [0, 1] and v* the steepest-ascent direction (sign for linf,
-g/||g||_2 for l2). The best point x_max (highest f) is tracked. At the checkpoints
+where S is the eps-ball intersected with the box `bounds` (default [0, 1]) and v* the steepest-ascent
+direction (sign for linf, g/||g||_2 for l2). The best point x_max (highest f) is tracked. At the checkpoints
 w_j = ceil(p_j N), p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06), the step
 size halves and the iterate restarts from x_max if
   Condition 1: the loss increased in at most rho = 0.75 of the steps since the last checkpoint, or
@@ -33,8 +33,17 @@ Condition 1 of the paper says.
 
 APGD-T (`apgd_t`) runs APGD with the targeted DLR loss (Eq. 7) towards each of the `num_target_classes`
 classes with the highest clean logits after the true one, keeping the first success. Success always
-means misclassification (AutoAttack's convention). l1 is not supported (APGD-l1 is a different
-algorithm, Croce & Hein 2021).
+means misclassification (AutoAttack's convention). This is the published target choice: the reference
+code (fra31/auto-attack, `APGDAttack_targeted.perturb`) targets, for k = 2, ..., n_target_classes + 1,
+the k-th most likely class under the clean logits, with n_target_classes = 9 in the standard
+AutoAttack, and attacks only correctly classified points, for which the k-th most likely class is the
+(k-1)-th most likely class other than y, what `targets.ranked_targets` returns (for a misclassified
+point it never includes y, unlike the k-th overall). With explicit `targets` (one class per example,
+e.g. from `advjax.attacks.targets`), `apgd_t` is a targeted attack: one targeted-DLR run per restart
+towards that class, success meaning the target is predicted. l1 is not supported (APGD-l1 is a
+different algorithm, Croce & Hein 2021).
+
+`eps` may be traced; `steps`, `restarts`, `norm`, `loss`, `num_target_classes` and `bounds` are static.
 """
 
 from __future__ import annotations
@@ -48,6 +57,8 @@ import numpy as np
 from advjax import losses as losses_lib
 from advjax import threat
 from advjax.attacks import _validation as v
+from advjax.attacks import targets as targets_lib
+from advjax.threat import DEFAULT_BOUNDS, Bounds, Scalar
 
 LogitsFn = Callable[[jax.Array], jax.Array]
 
@@ -55,7 +66,7 @@ RHO = 0.75
 MOMENTUM = 0.75
 
 
-def checkpoints(steps: int):
+def checkpoints(steps: int) -> list:
     """The paper's checkpoints w_0 = 0 < w_1 < ... <= N (Croce & Hein 2020, Sec. 3.2).
 
     w_j = ceil(p_j N) with p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06),
@@ -73,7 +84,7 @@ def checkpoints(steps: int):
         p_prev, p = p, p + max(p - p_prev - 3, 6)
 
 
-def checkpoint_schedule(steps: int):
+def checkpoint_schedule(steps: int) -> tuple:
     """Boolean checkpoint mask and window lengths, both of length `steps` (iteration index i).
 
     A checkpoint is evaluated after iteration i (0-based; it produces x^(i+1)) iff i + 1 = w_j for some
@@ -88,17 +99,20 @@ def checkpoint_schedule(steps: int):
     return is_check, window
 
 
-def _start(key, x, eps, norm):
+def _start(key, x, eps, norm, bounds=DEFAULT_BOUNDS):
     if norm == "linf":
         t = jax.random.uniform(key, x.shape, x.dtype, -1.0, 1.0)
     else:
         t = jax.random.normal(key, x.shape, x.dtype)
     scale = eps / (threat.norm_of(t, norm) + 1e-12)
-    return threat.clip_to_box(x + t * scale.reshape((-1,) + (1,) * (x.ndim - 1)).astype(x.dtype))
+    return threat.clip_to_box(x + t * scale.reshape((-1,) + (1,) * (x.ndim - 1)).astype(x.dtype),
+                              *bounds)
 
 
-def _apgd_run(logits_fn, x, y, loss_fn, key, *, eps, steps: int, norm: str):
-    """One APGD run; returns (x_out, best loss, success) per example."""
+def _apgd_run(logits_fn, x, y, loss_fn, key, *, eps, steps: int, norm: str,
+              bounds=DEFAULT_BOUNDS, target=None):
+    """One APGD run; returns (x_out, best loss, success) per example. Success is misclassification,
+    or predicting `target` when it is given (a targeted run)."""
     dtype = x.dtype
     b = x.shape[0]
     bshape = (-1,) + (1,) * (x.ndim - 1)
@@ -112,12 +126,13 @@ def _apgd_run(logits_fn, x, y, loss_fn, key, *, eps, steps: int, norm: str):
 
     def evaluate(xa):
         (_, (val, logits)), g = vg(xa)
-        return val, jnp.argmax(logits, -1) != y, g
+        pred = jnp.argmax(logits, -1)
+        return val, (pred != y) if target is None else (pred == target), g
 
     def proj(xa):
-        return threat.project_to_threat(xa, x, eps, norm)
+        return threat.project_to_threat(xa, x, eps, norm, bounds)
 
-    x0 = _start(key, x, eps, norm)
+    x0 = _start(key, x, eps, norm, bounds)
     f0, succ0, g0 = evaluate(x0)
     is_check, window = checkpoint_schedule(steps)
     is_check = jnp.asarray(is_check)
@@ -180,65 +195,87 @@ def _keep(best, new):
     return jnp.where(tb, nx, bx), jnp.where(take, nf, bf), bs | ns
 
 
-def _check(logits_fn, x, y, key, eps, steps, restarts, norm):
+def _check(logits_fn, x, y, key, eps, steps, restarts, norm, bounds=DEFAULT_BOUNDS):
     if norm not in ("linf", "l2"):
         raise ValueError(f"norm must be 'linf' or 'l2' for APGD, got {norm!r}")
     v.check_nonnegative(eps, "eps")
-    num_classes = v.check_batch(logits_fn, x, y)
+    num_classes = v.check_batch(logits_fn, x, y, bounds=bounds)
     v.check_positive_int(steps, "steps")
     v.check_positive_int(restarts, "restarts")
     v.check_key(key, True, "APGD starts at a random point")
     return num_classes
 
 
-def apgd(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: jax.Array, eps,
+def apgd(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: jax.Array, eps: Scalar,
          steps: int = 100, norm: str = "linf", loss: Union[str, Callable] = "ce",
-         restarts: int = 1) -> jax.Array:
+         restarts: int = 1, bounds: Bounds = DEFAULT_BOUNDS) -> jax.Array:
     """Untargeted APGD (Croce & Hein 2020, Alg. 1) with `loss` "ce" (APGD-CE) or "dlr" (APGD-DLR).
 
     `restarts` runs from independent random starts keep each example's first success, else its
-    highest loss. See the module docstring for the exact schedule.
+    highest loss. steps = 100 is AutoAttack's. `bounds` = (lo, hi): the valid-input box. See the
+    module docstring for the exact schedule.
     """
-    _check(logits_fn, x, y, key, eps, steps, restarts, norm)
+    bounds = threat.check_bounds(bounds)
+    _check(logits_fn, x, y, key, eps, steps, restarts, norm, bounds)
     loss_fn = losses_lib.get_loss(loss)
     keys = jax.random.split(key, restarts)
-    best = _apgd_run(logits_fn, x, y, loss_fn, keys[0], eps=eps, steps=steps, norm=norm)
+    best = _apgd_run(logits_fn, x, y, loss_fn, keys[0], eps=eps, steps=steps, norm=norm,
+                     bounds=bounds)
     if restarts == 1:
         return best[0]
     body = lambda i, b: _keep(b, _apgd_run(logits_fn, x, y, loss_fn, keys[i], eps=eps,
-                                            steps=steps, norm=norm))
+                                            steps=steps, norm=norm, bounds=bounds))
     return jax.lax.fori_loop(1, restarts, body, best)[0]
 
 
-def apgd_ce(logits_fn, x, y, *, key, eps, steps=100, norm="linf", restarts=1):
+def apgd_ce(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: jax.Array, eps: Scalar,
+            steps: int = 100, norm: str = "linf", restarts: int = 1,
+            bounds: Bounds = DEFAULT_BOUNDS) -> jax.Array:
     """APGD-CE of AutoAttack: `apgd` with the cross-entropy loss."""
     return apgd(logits_fn, x, y, key=key, eps=eps, steps=steps, norm=norm, loss="ce",
-                restarts=restarts)
+                restarts=restarts, bounds=bounds)
 
 
-def apgd_t(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: jax.Array, eps,
+def apgd_t(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: jax.Array, eps: Scalar,
            steps: int = 100, norm: str = "linf", num_target_classes: int = 9,
-           restarts: int = 1) -> jax.Array:
+           restarts: int = 1, targets: Optional[jax.Array] = None,
+           bounds: Bounds = DEFAULT_BOUNDS) -> jax.Array:
     """APGD-T of AutoAttack: APGD on the targeted DLR loss (Croce & Hein 2020, Eq. 7).
 
-    For the t-th highest-scoring class other than y (t = 1..num_target_classes, AutoAttack's default 9),
-    run `restarts` APGD runs maximizing -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4)/2); keep each
-    example's first misclassified result, else the highest loss. y holds the true labels.
+    For the t-th highest-scoring class other than y (t = 1..num_target_classes, AutoAttack's default 9;
+    `targets.ranked_targets`), run `restarts` APGD runs maximizing
+    -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4)/2); keep each example's first misclassified result, else
+    the highest loss. y holds the true labels.
+
+    targets: optional (batch,) int classes, one per example (e.g. from `advjax.attacks.targets`).
+      Then the attack is targeted: `restarts` runs towards that class only (num_target_classes is
+      ignored), keeping each example's first iterate predicted as its target, else the highest loss.
     """
-    num_classes = _check(logits_fn, x, y, key, eps, steps, restarts, norm)
+    bounds = threat.check_bounds(bounds)
+    num_classes = _check(logits_fn, x, y, key, eps, steps, restarts, norm, bounds)
+    if targets is not None:
+        targets_lib.check_targets(targets, y, num_classes)
+        keys = jax.random.split(key, restarts)
+
+        def run_to(i):
+            loss_fn = lambda logits, yy: losses_lib.dlr_targeted(logits, yy, targets)
+            return _apgd_run(logits_fn, x, y, loss_fn, keys[i], eps=eps, steps=steps, norm=norm,
+                             bounds=bounds, target=targets)
+
+        best = run_to(0)
+        return jax.lax.fori_loop(1, restarts, lambda i, b: _keep(b, run_to(i)), best)[0]
     v.check_positive_int(num_target_classes, "num_target_classes")
     if num_target_classes > num_classes - 1:
         raise ValueError(f"num_target_classes must be <= classes - 1 = {num_classes - 1}, "
                          f"got {num_target_classes}")
-    z = logits_fn(x)
-    z = jnp.where(jax.nn.one_hot(y, num_classes, dtype=bool), -jnp.inf, z)
-    order = jnp.argsort(-z, axis=-1)[:, :num_target_classes]
+    order = targets_lib.ranked_targets(logits_fn(x), y, num_target_classes)
     keys = jax.random.split(key, num_target_classes * restarts)
 
     def run(i):
         target = order[:, i // restarts]
         loss_fn = lambda logits, yy: losses_lib.dlr_targeted(logits, yy, target)
-        return _apgd_run(logits_fn, x, y, loss_fn, keys[i], eps=eps, steps=steps, norm=norm)
+        return _apgd_run(logits_fn, x, y, loss_fn, keys[i], eps=eps, steps=steps, norm=norm,
+                         bounds=bounds)
 
     best = run(0)
     return jax.lax.fori_loop(1, num_target_classes * restarts, lambda i, b: _keep(b, run(i)),

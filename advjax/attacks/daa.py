@@ -17,7 +17,8 @@ direction adds a particle-interaction term to the per-example loss gradient:
                      - coef * sum_j (d_ij / lam - 1) exp(-d_ij / lam) (x_i - x_j) ) },
       d_ij = ||x_i - x_j||_2^2, coef = 2 gamma c / (1 + c) (the single number of Table 2).
 
-Pi_clip = clip to [0, 1] after clip to [x - eps, x + eps] (Algorithm 1), the same projection as
+Pi_clip = clip to the box `bounds` (default [0, 1]) after clip to [x - eps, x + eps] (Algorithm 1),
+the same projection as
 `pgd` (`gradient._iterate` runs the steps; only the direction inside sign(.) differs). With c = 0
 (coef = 0), or M = 1, both updates are PGD's (Sec. 3.3, "Connection with PGD"): the M = 1 blob term
 is c K(x, x) grad L(x) + c grad K(x, x) = c grad L(x), and sign((1 + c) g) = sign(g).
@@ -80,6 +81,7 @@ from advjax import losses as losses_lib
 from advjax import threat
 from advjax.attacks import _validation as v
 from advjax.attacks import gradient
+from advjax.threat import DEFAULT_BOUNDS, Bounds, Scalar
 
 LogitsFn = Callable[[jax.Array], jax.Array]
 Loss = Union[str, losses_lib.LossFn]
@@ -190,12 +192,12 @@ def median_bandwidth(d2: jax.Array, valid: Optional[jax.Array] = None, *,
     return jnp.where(ok, med2 / jnp.log(jnp.where(ok, m, 2.0)), 1.0)
 
 
-def rbf_kernel(d2: jax.Array, bandwidth) -> jax.Array:
+def rbf_kernel(d2: jax.Array, bandwidth: Scalar) -> jax.Array:
     """K_ij = exp(-||x_i - x_j||^2 / h)."""
     return jnp.exp(-d2 / bandwidth)
 
 
-def blob_interaction(x: jax.Array, g: jax.Array, *, bandwidth=None,
+def blob_interaction(x: jax.Array, g: jax.Array, *, bandwidth: Optional[Scalar] = None,
                      valid: Optional[jax.Array] = None, repulsive: bool = False) -> jax.Array:
     """The bracket of Eq. (20), averaged: (1/M) sum_j [K(x_i, x_j) g_j -/+ grad_{x_j} K(x_i, x_j)].
 
@@ -222,7 +224,8 @@ def blob_interaction(x: jax.Array, g: jax.Array, *, bandwidth=None,
     return out.reshape(x.shape).astype(x.dtype)
 
 
-def dgf_interaction(x: jax.Array, *, lam=None, valid: Optional[jax.Array] = None) -> jax.Array:
+def dgf_interaction(x: jax.Array, *, lam: Optional[Scalar] = None,
+                    valid: Optional[jax.Array] = None) -> jax.Array:
     """The sum of Eq. (21): sum_j (d_ij/lam - 1) exp(-d_ij/lam) (x_i - x_j), d_ij = ||x_i - x_j||^2.
 
     Computed as x_i sum_j W_ij - (W @ x)_i. lam: lambda, or None for the released code's median
@@ -243,14 +246,14 @@ def dgf_interaction(x: jax.Array, *, lam=None, valid: Optional[jax.Array] = None
     return out.reshape(x.shape).astype(x.dtype)
 
 
-def blob_direction(x: jax.Array, g: jax.Array, *, c, bandwidth=None,
+def blob_direction(x: jax.Array, g: jax.Array, *, c: Scalar, bandwidth: Optional[Scalar] = None,
                    valid: Optional[jax.Array] = None, repulsive: bool = False) -> jax.Array:
     """The vector inside sign(.) of Eq. (20): g + c * `blob_interaction`."""
     return g + (c * blob_interaction(x, g, bandwidth=bandwidth, valid=valid,
                                      repulsive=repulsive)).astype(g.dtype)
 
 
-def dgf_direction(x: jax.Array, g: jax.Array, *, coef, lam=None,
+def dgf_direction(x: jax.Array, g: jax.Array, *, coef: Scalar, lam: Optional[Scalar] = None,
                   valid: Optional[jax.Array] = None) -> jax.Array:
     """The vector inside sign(.) of Eq. (21): g - coef * `dgf_interaction`."""
     return g - (coef * dgf_interaction(x, lam=lam, valid=valid)).astype(g.dtype)
@@ -292,7 +295,8 @@ def _direction_fn(method: str, *, c, coef, lam, bandwidth, repulsive, valid):
     raise ValueError(f'method must be "blob" or "dgf", got {method!r}')
 
 
-def _run_particles(value_and_grad, direction, x, start, *, eps, step_size, steps: int):
+def _run_particles(value_and_grad, direction, x, start, *, eps, step_size, steps: int,
+                   bounds=DEFAULT_BOUNDS):
     """`steps` DAA steps from `start`: PGD's step and projection (gradient._iterate) with the
     per-example gradient replaced by the interacting direction."""
 
@@ -301,18 +305,20 @@ def _run_particles(value_and_grad, direction, x, start, *, eps, step_size, steps
         return obj, logits, direction(xa, g)
 
     return gradient._iterate(vag, x, start, eps=eps, step_size=step_size, steps=steps, norm="linf",
-                             l1_k=1, decay=None)
+                             l1_k=1, decay=None, bounds=bounds)
 
 
-def _random_start(key, x, eps, random_start: bool):
+def _random_start(key, x, eps, random_start: bool, bounds=DEFAULT_BOUNDS):
     if random_start:
-        return threat.clip_to_box(x + threat.random_init(key, x, eps, "linf"))
+        return threat.clip_to_box(x + threat.random_init(key, x, eps, "linf"), *bounds)
     return x
 
 
 def _daa(logits_fn, x, y, *, key, eps, step_size, steps, loss, kappa, random_start, restarts,
-         valid, method, c=None, coef=None, lam=None, bandwidth=None, repulsive=False):
-    gradient._check_common(logits_fn, x, y, eps, "linf")
+         valid, method, c=None, coef=None, lam=None, bandwidth=None, repulsive=False,
+         bounds=DEFAULT_BOUNDS):
+    bounds = threat.check_bounds(bounds)
+    gradient._check_common(logits_fn, x, y, eps, "linf", bounds)
     v.check_nonnegative(step_size, "step_size")
     steps = v.check_positive_int(steps, "steps")
     restarts = v.check_positive_int(restarts, "restarts")
@@ -325,9 +331,9 @@ def _daa(logits_fn, x, y, *, key, eps, step_size, steps, loss, kappa, random_sta
     per_example, value_and_grad = gradient._objective(logits_fn, loss_fn, y, False)
 
     def one_run(k):
-        start = _random_start(k, x, eps, random_start)
+        start = _random_start(k, x, eps, random_start, bounds)
         return _run_particles(value_and_grad, direction, x, start, eps=eps, step_size=step_size,
-                              steps=steps)
+                              steps=steps, bounds=bounds)
 
     # Same key use as gradient._iterative_attack, so that c = 0 reproduces pgd exactly.
     if restarts == 1:
@@ -344,18 +350,19 @@ def _daa(logits_fn, x, y, *, key, eps, step_size, steps, loss, kappa, random_sta
 
 
 def daa_blob(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: Optional[jax.Array] = None,
-             eps, step_size, steps: int, c, loss: Loss = "ce", kappa: float = 50.0,
-             random_start: bool = True, restarts: int = 1, bandwidth=None,
-             repulsive: bool = False, valid: Optional[jax.Array] = None) -> jax.Array:
+             eps: Scalar, step_size: Scalar, steps: int, c: Scalar, loss: Loss = "ce",
+             kappa: float = 50.0, random_start: bool = True, restarts: int = 1,
+             bandwidth: Optional[Scalar] = None, repulsive: bool = False,
+             valid: Optional[jax.Array] = None, bounds: Bounds = DEFAULT_BOUNDS) -> jax.Array:
     """DAA-BLOB (Zheng et al., AAAI 2019, Eq. 20), linf, untargeted. BATCH-LEVEL: the batch is the
     particle set; each example's result depends on the others (do not vmap over examples).
 
     x_i <- Pi_clip{ x_i + step_size * sign( grad L(x_i)
                     + (c/M) sum_j [ K(x_i, x_j) grad L(x_j) -/+ grad_{x_j} K(x_i, x_j) ] ) },
     K(x, x') = exp(-||x - x'||^2 / h), h = med^2 / log M recomputed every step (or `bandwidth`).
-    Pi_clip: clip to the eps-ball around x, then to [0, 1] (as `pgd`). `repulsive` picks the sign of
-    the kernel-gradient term (default: the released code's minus; True: Eq. 20 as printed; see the
-    module docstring). c = 0 or M = 1 gives `pgd` exactly (same key, same random start).
+    Pi_clip: clip to the eps-ball around x, then to the box `bounds` (default [0, 1]; as `pgd`).
+    `repulsive` picks the sign of the kernel-gradient term (default: the released code's minus;
+    True: Eq. 20 as printed; see the module docstring). c = 0 or M = 1 gives `pgd` exactly (same key, same random start).
 
     Args:
       c: the KL weight of Eq. (11) (Table 2: 1-2 with CE, 10-20 with CW on [0, 1] inputs).
@@ -369,13 +376,13 @@ def daa_blob(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: Optional[j
     """
     return _daa(logits_fn, x, y, key=key, eps=eps, step_size=step_size, steps=steps, loss=loss,
                 kappa=kappa, random_start=random_start, restarts=restarts, valid=valid,
-                method="blob", c=c, bandwidth=bandwidth, repulsive=repulsive)
+                method="blob", c=c, bandwidth=bandwidth, repulsive=repulsive, bounds=bounds)
 
 
 def daa_dgf(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: Optional[jax.Array] = None,
-            eps, step_size, steps: int, coef, lam=None, loss: Loss = "ce", kappa: float = 50.0,
-            random_start: bool = True, restarts: int = 1,
-            valid: Optional[jax.Array] = None) -> jax.Array:
+            eps: Scalar, step_size: Scalar, steps: int, coef: Scalar, lam: Optional[Scalar] = None,
+            loss: Loss = "ce", kappa: float = 50.0, random_start: bool = True, restarts: int = 1,
+            valid: Optional[jax.Array] = None, bounds: Bounds = DEFAULT_BOUNDS) -> jax.Array:
     """DAA-DGF (Zheng et al., AAAI 2019, Eq. 21; from Eqs. 18-19), linf, untargeted. BATCH-LEVEL:
     the batch is the particle set; each example's result depends on the others (do not vmap).
 
@@ -389,7 +396,7 @@ def daa_dgf(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: Optional[ja
     """
     return _daa(logits_fn, x, y, key=key, eps=eps, step_size=step_size, steps=steps, loss=loss,
                 kappa=kappa, random_start=random_start, restarts=restarts, valid=valid,
-                method="dgf", coef=coef, lam=lam)
+                method="dgf", coef=coef, lam=lam, bounds=bounds)
 
 
 daa_blob.batch_level = True
@@ -400,17 +407,19 @@ daa_dgf.batch_level = True
 # Algorithm 1: rounds of shuffled minibatches over a whole evaluation set
 # ----------------------------------------------------------------------------------------------
 
-def round_steps(steps: int, rounds: int):
+def round_steps(steps: int, rounds: int) -> list:
     """Steps per round: L / R each, the remainder of L mod R given to the first rounds (sum = L)."""
     base, rem = divmod(steps, rounds)
     return [base + (1 if r < rem else 0) for r in range(rounds)]
 
 
-def daa_algorithm1(logits_fn: LogitsFn, x_all, y_all, *, key: jax.Array, method: str = "blob",
-                   rounds: int, batch_size: int, steps: int, eps, step_size, c=None, coef=None,
-                   lam=None, bandwidth=None, repulsive: bool = False, loss: Loss = "ce",
-                   kappa: float = 50.0, random_start: bool = True, restarts: int = 1,
-                   verbose: bool = False) -> jax.Array:
+def daa_algorithm1(logits_fn: LogitsFn, x_all: jax.Array, y_all: jax.Array, *, key: jax.Array,
+                   method: str = "blob", rounds: int, batch_size: int, steps: int, eps: Scalar,
+                   step_size: Scalar, c: Optional[Scalar] = None, coef: Optional[Scalar] = None,
+                   lam: Optional[Scalar] = None, bandwidth: Optional[Scalar] = None,
+                   repulsive: bool = False, loss: Loss = "ce", kappa: float = 50.0,
+                   random_start: bool = True, restarts: int = 1, verbose: bool = False,
+                   bounds: Bounds = DEFAULT_BOUNDS) -> jax.Array:
     """Algorithm 1 of Zheng et al. (AAAI 2019): DAA over a whole evaluation set; x_adv for all.
 
     For each restart: x_0 = x + U(-eps, eps) (or x); then for r = 0..R-1: permute the N samples
@@ -430,6 +439,7 @@ def daa_algorithm1(logits_fn: LogitsFn, x_all, y_all, *, key: jax.Array, method:
     a traced loop bound). With R = 1 and N = M this is `daa_blob`/`daa_dgf` on the (permuted) set.
     Hyperparameters as `daa_blob` / `daa_dgf`.
     """
+    bounds = threat.check_bounds(bounds)
     rounds = v.check_positive_int(rounds, "rounds")
     steps = v.check_positive_int(steps, "steps")
     batch_size = v.check_positive_int(batch_size, "batch_size")
@@ -444,7 +454,7 @@ def daa_algorithm1(logits_fn: LogitsFn, x_all, y_all, *, key: jax.Array, method:
     y_all = jnp.asarray(y_all).astype(jnp.int32)
     n = x_all.shape[0]
     m = batch_size
-    gradient._check_common(logits_fn, x_all, y_all, eps, "linf")
+    gradient._check_common(logits_fn, x_all, y_all, eps, "linf", bounds)
     # Validate the interaction hyperparameters once, eagerly.
     _direction_fn(method, c=c, coef=coef, lam=lam, bandwidth=bandwidth, repulsive=repulsive,
                   valid=None)
@@ -456,7 +466,7 @@ def daa_algorithm1(logits_fn: LogitsFn, x_all, y_all, *, key: jax.Array, method:
         direction = _direction_fn(method, c=c, coef=coef, lam=lam, bandwidth=bandwidth,
                                   repulsive=repulsive, valid=valid)
         new = _run_particles(value_and_grad, direction, xb, start, eps=eps, step_size=step_size,
-                             steps=nsteps)
+                             steps=nsteps, bounds=bounds)
         # Padded rows point past the end and are dropped.
         return x_cur.at[jnp.where(valid, idx, n)].set(new, mode="drop")
 
@@ -484,7 +494,7 @@ def daa_algorithm1(logits_fn: LogitsFn, x_all, y_all, *, key: jax.Array, method:
     best = None
     for ri, k in enumerate(keys):
         if random_start:
-            x_cur = jax.jit(_random_start, static_argnums=(3,))(k, x_all, eps, True)
+            x_cur = jax.jit(_random_start, static_argnums=(3, 4))(k, x_all, eps, True, bounds)
         else:
             x_cur = jnp.array(x_all, copy=True)  # a fresh buffer: update() may donate it
         for r, nsteps in enumerate(per_round):

@@ -1,7 +1,9 @@
 """Gradient attacks: FGSM/FGM, R+FGSM, BIM, PGD (with restarts), MIM, C&W-margin PGD, multi-targeted PGD.
 
 Contract (all attacks here): `attack(logits_fn, x, y, *, key, **hyperparameters) -> x_adv`, with x_adv
-of x's shape and dtype, inside B_p(x, eps) and [0, 1]. `logits_fn` maps a batch in [0, 1] to logits.
+of x's shape and dtype, inside B_p(x, eps) and the box `bounds` = (lo, hi), default (0, 1).
+`logits_fn` maps a batch in the box to logits (for a model trained on normalized inputs, attack in
+pixel space through `advjax.attacks.normalized(logits_fn, mean, std)`).
 The attacks are per-example: every example's perturbation depends only on that example (provided
 `logits_fn` treats examples independently, e.g. batch norm in inference mode), so the batched result
 equals `jax.vmap` over single examples for deterministic settings. Random starts draw one noise tensor
@@ -9,8 +11,19 @@ for the whole batch, so with `random_start=True` a vmapped call (one key per exa
 distribution only.
 
 Steps run in `lax.fori_loop`, so memory does not depend on `steps`; `steps`, `restarts`, `norm`,
-`loss`, `targeted`, `random_start` and `l1_k` are static (they change the program); `eps` and
-`step_size` may be traced scalars, so an eps sweep does not recompile.
+`loss`, `targeted`, `random_start`, `l1_k` and `bounds` are static (they change the program); `eps`
+and `step_size` may be traced scalars, so an eps sweep does not recompile.
+
+Default step sizes and step counts (where the literature has a standard):
+  pgd, cw_pgd, multitargeted_pgd: step_size = 2.5 eps / steps, the Madry lab's rule (Madry et al.
+    2018 and their `robustness` library), which lets the iterate travel 2.5 eps in all, enough to
+    cross the ball from any start. `steps` has no single standard (Madry et al. train with 40 steps
+    on MNIST and 7 on CIFAR-10) and is required.
+  bim: Kurakin et al. (2017, "basic iterative method"): a step of one intensity level,
+    (hi - lo) / 255, and min(eps + 4, 1.25 eps) steps with eps in intensity levels (needs a
+    concrete eps).
+  mim: Dong et al. (2018, experiments): steps T = 10, step_size = eps / T, decay mu = 1.
+  rfgsm: alpha = eps / 2 (Tramer et al. 2018).
 
 Targeted attacks (`targeted=True`) take the target labels as `y` and maximize -loss(logits, y).
 Success is misclassification (untargeted) or hitting the target (targeted); restarts keep, per example,
@@ -37,6 +50,7 @@ import jax.numpy as jnp
 from advjax import losses as losses_lib
 from advjax import threat
 from advjax.attacks import _validation as v
+from advjax.threat import DEFAULT_BOUNDS, Bounds, Scalar
 
 LogitsFn = Callable[[jax.Array], jax.Array]
 Loss = Union[str, losses_lib.LossFn]
@@ -91,7 +105,7 @@ def _resolve_loss(logits_fn, x, loss, kappa):
 
 
 def _iterate(value_and_grad, x, x_start, *, eps, step_size, steps: int, norm: str, l1_k: int,
-             decay: Optional[float]):
+             decay: Optional[float], bounds: Bounds = DEFAULT_BOUNDS):
     """`steps` projected steepest-ascent steps from x_start (momentum if `decay` is set)."""
     dtype = x.dtype
 
@@ -104,17 +118,34 @@ def _iterate(value_and_grad, x, x_start, *, eps, step_size, steps: int, norm: st
             g = decay * g_mom + g / (l1 + 1e-12)
             g_mom = g
         x_adv = x_adv + (step_size * threat.steepest_ascent(g, norm, l1_k)).astype(dtype)
-        x_adv = threat.project_to_threat(x_adv, x, eps, norm)
+        x_adv = threat.project_to_threat(x_adv, x, eps, norm, bounds)
         return x_adv, g_mom
 
     x_adv, _ = jax.lax.fori_loop(0, steps, body, (x_start, jnp.zeros_like(x)))
     return x_adv
 
 
-def _check_common(logits_fn, x, y, eps, norm):
+def _check_common(logits_fn, x, y, eps, norm, bounds=DEFAULT_BOUNDS):
     threat.check_norm(norm)
     v.check_nonnegative(eps, "eps")
-    return v.check_batch(logits_fn, x, y)
+    return v.check_batch(logits_fn, x, y, bounds=bounds)
+
+
+def madry_step_size(eps: Scalar, steps: int) -> Scalar:
+    """The default PGD step size 2.5 eps / steps (the Madry lab's rule; traceable in eps)."""
+    return 2.5 * eps / steps
+
+
+def kurakin_steps(eps: float, bounds: Bounds = DEFAULT_BOUNDS) -> int:
+    """BIM's step count min(eps + 4, 1.25 eps), eps in intensity levels of 1/255 of the box
+    (Kurakin, Goodfellow, Bengio 2017, the basic iterative method); at least 1. Needs a concrete
+    eps."""
+    if not v.is_concrete(eps):
+        raise ValueError("steps is required when eps is traced (BIM's default step count "
+                         "min(eps + 4, 1.25 eps) needs a concrete eps)")
+    lo, hi = bounds
+    levels = round(float(eps) * 255.0 / (hi - lo), 6)  # 8/255 * 255 = 8.000000000000002
+    return max(1, int(min(levels + 4.0, 1.25 * levels)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -122,8 +153,8 @@ def _check_common(logits_fn, x, y, eps, norm):
 # ----------------------------------------------------------------------------------------------
 
 def fgm(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: Optional[jax.Array] = None,
-        eps, norm: str = "linf", loss: Loss = "ce", kappa: float = float("inf"),
-        targeted: bool = False, l1_k: int = 1) -> jax.Array:
+        eps: Scalar, norm: str = "linf", loss: Loss = "ce", kappa: float = float("inf"),
+        targeted: bool = False, l1_k: int = 1, bounds: Bounds = DEFAULT_BOUNDS) -> jax.Array:
     """Fast gradient method: one steepest-ascent step of length eps, x + eps * v*(grad), in the box.
 
     linf: FGSM (Goodfellow et al. 2015, Eq. 3). l2: x + eps g/||g||_2. l1: eps on the top-l1_k
@@ -131,30 +162,33 @@ def fgm(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: Optional[jax.Ar
     For a linear loss this is the exact maximizer over the ball (before the box clip).
     """
     del key
-    _check_common(logits_fn, x, y, eps, norm)
+    bounds = threat.check_bounds(bounds)
+    _check_common(logits_fn, x, y, eps, norm, bounds)
     loss_fn = _resolve_loss(logits_fn, x, loss, kappa)
     _, value_and_grad = _objective(logits_fn, loss_fn, y, targeted)
     _, _, g = value_and_grad(x)
     x_adv = x + (eps * threat.steepest_ascent(g, norm, l1_k)).astype(x.dtype)
-    return threat.project_to_threat(x_adv, x, eps, norm)
+    return threat.project_to_threat(x_adv, x, eps, norm, bounds)
 
 
 def fgsm(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: Optional[jax.Array] = None,
-         eps, loss: Loss = "ce", kappa: float = float("inf"), targeted: bool = False) -> jax.Array:
-    """FGSM (Goodfellow et al., ICLR 2015, Eq. 3; thesis Eq. 2.18): clip(x + eps sign(grad_x L), 0, 1)."""
+         eps: Scalar, loss: Loss = "ce", kappa: float = float("inf"), targeted: bool = False,
+         bounds: Bounds = DEFAULT_BOUNDS) -> jax.Array:
+    """FGSM (Goodfellow et al., ICLR 2015, Eq. 3; thesis Eq. 2.18): clip(x + eps sign(grad L), lo, hi)."""
     return fgm(logits_fn, x, y, key=key, eps=eps, norm="linf", loss=loss, kappa=kappa,
-               targeted=targeted)
+               targeted=targeted, bounds=bounds)
 
 
-def rfgsm(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: jax.Array, eps,
-          alpha=None, loss: Loss = "ce", kappa: float = float("inf"),
-          targeted: bool = False) -> jax.Array:
+def rfgsm(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: jax.Array, eps: Scalar,
+          alpha: Optional[Scalar] = None, loss: Loss = "ce", kappa: float = float("inf"),
+          targeted: bool = False, bounds: Bounds = DEFAULT_BOUNDS) -> jax.Array:
     """R+FGSM (Tramer et al., ICLR 2018, Eq. 7; thesis Eq. 2.19), linf.
 
     x' = clip(x + alpha sign(N(0, I))), then x_adv = x' + (eps - alpha) sign(grad_x L(x')), projected
     onto the eps-ball and the box. alpha defaults to eps / 2 (Tramer et al. use alpha = eps / 2).
     """
-    _check_common(logits_fn, x, y, eps, "linf")
+    bounds = threat.check_bounds(bounds)
+    _check_common(logits_fn, x, y, eps, "linf", bounds)
     v.check_key(key, True, "R+FGSM takes a random step")
     alpha = eps / 2 if alpha is None else alpha
     v.check_nonnegative(alpha, "alpha")
@@ -163,10 +197,10 @@ def rfgsm(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: jax.Array, ep
     loss_fn = _resolve_loss(logits_fn, x, loss, kappa)
     _, value_and_grad = _objective(logits_fn, loss_fn, y, targeted)
     noise = jnp.sign(jax.random.normal(key, x.shape, x.dtype))
-    x1 = threat.clip_to_box(x + (alpha * noise).astype(x.dtype))
+    x1 = threat.clip_to_box(x + (alpha * noise).astype(x.dtype), *bounds)
     _, _, g = value_and_grad(x1)
     x_adv = x1 + ((eps - alpha) * jnp.sign(g)).astype(x.dtype)
-    return threat.project_to_threat(x_adv, x, eps, "linf")
+    return threat.project_to_threat(x_adv, x, eps, "linf", bounds)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -174,10 +208,13 @@ def rfgsm(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: jax.Array, ep
 # ----------------------------------------------------------------------------------------------
 
 def _iterative_attack(logits_fn, x, y, *, key, eps, step_size, steps, norm, loss, kappa,
-                      random_start, restarts, targeted, l1_k, decay, x_init=None):
-    _check_common(logits_fn, x, y, eps, norm)
-    v.check_nonnegative(step_size, "step_size")
+                      random_start, restarts, targeted, l1_k, decay, x_init=None,
+                      bounds=DEFAULT_BOUNDS):
+    bounds = threat.check_bounds(bounds)
+    _check_common(logits_fn, x, y, eps, norm, bounds)
     steps = v.check_positive_int(steps, "steps")
+    step_size = madry_step_size(eps, steps) if step_size is None else step_size
+    v.check_nonnegative(step_size, "step_size")
     restarts = v.check_positive_int(restarts, "restarts")
     v.check_key(key, random_start or restarts > 1, "random_start=True or restarts > 1")
     if x_init is not None and x_init.shape != x.shape:
@@ -187,13 +224,13 @@ def _iterative_attack(logits_fn, x, y, *, key, eps, step_size, steps, norm, loss
 
     def one_run(k):
         if x_init is not None:
-            start = threat.project_to_threat(x_init.astype(x.dtype), x, eps, norm)
+            start = threat.project_to_threat(x_init.astype(x.dtype), x, eps, norm, bounds)
         elif random_start:
-            start = threat.clip_to_box(x + threat.random_init(k, x, eps, norm))
+            start = threat.clip_to_box(x + threat.random_init(k, x, eps, norm), *bounds)
         else:
             start = x
         return _iterate(value_and_grad, x, start, eps=eps, step_size=step_size, steps=steps,
-                        norm=norm, l1_k=l1_k, decay=decay)
+                        norm=norm, l1_k=l1_k, decay=decay, bounds=bounds)
 
     if restarts == 1:
         return one_run(key)
@@ -210,55 +247,76 @@ def _iterative_attack(logits_fn, x, y, *, key, eps, step_size, steps, norm, loss
 
 
 def pgd(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: Optional[jax.Array] = None,
-        eps, step_size, steps: int, norm: str = "linf", loss: Loss = "ce",
-        kappa: float = float("inf"), random_start: bool = True, restarts: int = 1,
-        targeted: bool = False, l1_k: int = 1, x_init: Optional[jax.Array] = None) -> jax.Array:
+        eps: Scalar, steps: int, step_size: Optional[Scalar] = None, norm: str = "linf",
+        loss: Loss = "ce", kappa: float = float("inf"), random_start: bool = True,
+        restarts: int = 1, targeted: bool = False, l1_k: int = 1,
+        x_init: Optional[jax.Array] = None, bounds: Bounds = DEFAULT_BOUNDS) -> jax.Array:
     """Projected gradient descent (Madry et al., ICLR 2018; thesis Eq. 2.24), any l_p ball.
 
-    x_{t+1} = Pi_{B_p(x, eps) n [0,1]}( x_t + step_size * v*(grad_x loss(logits_fn(x_t), y)) ),
+    x_{t+1} = Pi_{B_p(x, eps) n [lo,hi]}( x_t + step_size * v*(grad_x loss(logits_fn(x_t), y)) ),
     with v* the normalized steepest-ascent direction (`threat.steepest_ascent`) and x_0 uniform in the
     ball (`random_start=True`), x itself, or `x_init` (e.g. TRADES' x + 0.001 N(0, I)).
     `restarts` independent runs keep each example's strongest result. Returns the last iterate.
+    step_size defaults to 2.5 eps / steps (`madry_step_size`); `bounds` = (lo, hi) is the
+    valid-input box (default (0, 1)).
     """
     return _iterative_attack(logits_fn, x, y, key=key, eps=eps, step_size=step_size, steps=steps,
                              norm=norm, loss=loss, kappa=kappa, random_start=random_start,
                              restarts=restarts, targeted=targeted, l1_k=l1_k, decay=None,
-                             x_init=x_init)
+                             x_init=x_init, bounds=bounds)
 
 
 def bim(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: Optional[jax.Array] = None,
-        eps, step_size, steps: int, norm: str = "linf", loss: Loss = "ce",
-        kappa: float = float("inf"), targeted: bool = False, l1_k: int = 1) -> jax.Array:
-    """Basic iterative method (Kurakin et al. 2017; thesis Eq. 2.20): PGD started at x, no restarts."""
+        eps: Scalar, steps: Optional[int] = None, step_size: Optional[Scalar] = None,
+        norm: str = "linf", loss: Loss = "ce", kappa: float = float("inf"),
+        targeted: bool = False, l1_k: int = 1, bounds: Bounds = DEFAULT_BOUNDS) -> jax.Array:
+    """Basic iterative method (Kurakin et al. 2017; thesis Eq. 2.20): PGD started at x, no restarts.
+
+    Defaults (Kurakin et al. 2017, images of 255 intensity levels): step_size = one level,
+    (hi - lo) / 255; steps = min(eps + 4, 1.25 eps) with eps in levels (`kurakin_steps`; needs a
+    concrete eps, so pass `steps` when eps is traced).
+    """
+    bounds = threat.check_bounds(bounds)
+    steps = kurakin_steps(eps, bounds) if steps is None else steps
+    step_size = (bounds[1] - bounds[0]) / 255.0 if step_size is None else step_size
     return pgd(logits_fn, x, y, key=key, eps=eps, step_size=step_size, steps=steps, norm=norm,
-               loss=loss, kappa=kappa, random_start=False, restarts=1, targeted=targeted, l1_k=l1_k)
+               loss=loss, kappa=kappa, random_start=False, restarts=1, targeted=targeted, l1_k=l1_k,
+               bounds=bounds)
 
 
 def mim(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: Optional[jax.Array] = None,
-        eps, step_size, steps: int, decay: float = 1.0, norm: str = "linf", loss: Loss = "ce",
-        kappa: float = float("inf"), random_start: bool = False, restarts: int = 1,
-        targeted: bool = False, l1_k: int = 1) -> jax.Array:
+        eps: Scalar, steps: int = 10, step_size: Optional[Scalar] = None, decay: float = 1.0,
+        norm: str = "linf", loss: Loss = "ce", kappa: float = float("inf"),
+        random_start: bool = False, restarts: int = 1, targeted: bool = False, l1_k: int = 1,
+        bounds: Bounds = DEFAULT_BOUNDS) -> jax.Array:
     """Momentum iterative method (Dong et al., CVPR 2018, Alg. 1; thesis Eqs. 2.22-2.23).
 
     g_{t+1} = decay * g_t + grad_t / ||grad_t||_1;  x_{t+1} = Pi(x_t + step_size * v*(g_{t+1})),
     where v* is sign for linf (the paper) and the normalized steepest-ascent direction for l2/l1.
     Starts at x by default (the paper); `random_start=True` gives DAA's "Momentum PGD".
+    Defaults are the paper's (its experiments): steps = 10, step_size = eps / steps, decay = 1.
     """
+    steps = v.check_positive_int(steps, "steps")
+    step_size = eps / steps if step_size is None else step_size
     return _iterative_attack(logits_fn, x, y, key=key, eps=eps, step_size=step_size, steps=steps,
                              norm=norm, loss=loss, kappa=kappa, random_start=random_start,
-                             restarts=restarts, targeted=targeted, l1_k=l1_k, decay=float(decay))
+                             restarts=restarts, targeted=targeted, l1_k=l1_k, decay=float(decay),
+                             bounds=bounds)
 
 
 def cw_pgd(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: Optional[jax.Array] = None,
-           eps, step_size, steps: int, kappa: float = float("inf"), norm: str = "linf",
-           random_start: bool = True, restarts: int = 1, targeted: bool = False) -> jax.Array:
+           eps: Scalar, steps: int, step_size: Optional[Scalar] = None,
+           kappa: float = float("inf"), norm: str = "linf", random_start: bool = True,
+           restarts: int = 1, targeted: bool = False,
+           bounds: Bounds = DEFAULT_BOUNDS) -> jax.Array:
     """PGD on the C&W margin loss (Carlini & Wagner 2017, f_6; the ADT paper's "C&W" column, 30 steps).
 
-    Maximizes min(max_{j != y} z_j - z_y, kappa) (`losses.cw_margin`).
+    Maximizes min(max_{j != y} z_j - z_y, kappa) (`losses.cw_margin`). step_size defaults to
+    2.5 eps / steps, as `pgd`.
     """
     return pgd(logits_fn, x, y, key=key, eps=eps, step_size=step_size, steps=steps, norm=norm,
                loss="cw", kappa=kappa, random_start=random_start, restarts=restarts,
-               targeted=targeted)
+               targeted=targeted, bounds=bounds)
 
 
 def _targeted_margin(target):
@@ -273,19 +331,23 @@ def _targeted_margin(target):
 
 
 def multitargeted_pgd(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *,
-                      key: Optional[jax.Array] = None, eps, step_size, steps: int,
-                      norm: str = "linf", num_targets: Optional[int] = None,
-                      random_start: bool = True, l1_k: int = 1) -> jax.Array:
+                      key: Optional[jax.Array] = None, eps: Scalar, steps: int,
+                      step_size: Optional[Scalar] = None, norm: str = "linf",
+                      num_targets: Optional[int] = None, random_start: bool = True, l1_k: int = 1,
+                      bounds: Bounds = DEFAULT_BOUNDS) -> jax.Array:
     """Multi-targeted PGD (Gowal et al. 2019; the thesis' Ch. 3 "multi-targeted" column).
 
     For each target t among the `num_targets` classes other than y with the highest clean logits
     (default: all C - 1 other classes), run PGD maximizing z_t - z_y, and keep per example the result
     that is misclassified if any is, else the one with the largest C&W margin max_{j != y} z_j - z_y.
     Untargeted overall: y holds the true labels. Targets run in a `lax.fori_loop` (one program).
+    step_size defaults to 2.5 eps / steps, as `pgd`.
     """
-    num_classes = _check_common(logits_fn, x, y, eps, norm)
-    v.check_nonnegative(step_size, "step_size")
+    bounds = threat.check_bounds(bounds)
+    num_classes = _check_common(logits_fn, x, y, eps, norm, bounds)
     steps = v.check_positive_int(steps, "steps")
+    step_size = madry_step_size(eps, steps) if step_size is None else step_size
+    v.check_nonnegative(step_size, "step_size")
     n_t = num_classes - 1 if num_targets is None else v.check_positive_int(num_targets, "num_targets")
     if n_t > num_classes - 1:
         raise ValueError(f"num_targets must be <= classes - 1 = {num_classes - 1}, got {n_t}")
@@ -302,9 +364,9 @@ def multitargeted_pgd(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *,
         _, value_and_grad = _objective(logits_fn, _targeted_margin(target), y, False)
         start = x
         if random_start:
-            start = threat.clip_to_box(x + threat.random_init(keys[i], x, eps, norm))
+            start = threat.clip_to_box(x + threat.random_init(keys[i], x, eps, norm), *bounds)
         x_adv = _iterate(value_and_grad, x, start, eps=eps, step_size=step_size, steps=steps,
-                         norm=norm, l1_k=l1_k, decay=None)
+                         norm=norm, l1_k=l1_k, decay=None, bounds=bounds)
         logits = logits_fn(x_adv)
         return x_adv, margin(logits, y), _success(logits, y, False)
 

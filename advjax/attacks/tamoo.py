@@ -30,8 +30,32 @@ Settings (Ch. 4, Sec. 3.2): each is a function `attack(..., x, y, *, key, eps, s
 Metrics: `a_all` (fraction of problems with every task achieved) and `a_avg` (mean task success);
 `ens_success`, `eot_success`, `uni_success` give the (problems, m) success matrices.
 
+Box: every attack takes `bounds` = (lo, hi) (default (0, 1)); x + delta is clipped to it. The EoT
+transformations are defined on images in [0, 1] (they clip to it, e.g. brightness); with other
+bounds they act on (x - lo) / (hi - lo) and map back.
+
 Defaults (App. C): eta_w = 0.005, K = 10, lambda = 100; losses "ce", "kl" or "cw" (C&W margin
 relu(max_{j != y} z_j - z_y + 50), App. C) or any (logits, y) -> per-example loss.
+
+Text vs released scripts (`settings(setting, weighting, eps, variant)` returns the keyword
+arguments; the authors' `TAMOO` repository, `run_ensemble.sh`, `run_uniper.sh`, `run_eot.sh`, `moo_gd_v4.py`,
+`minmax_pt.py`, read for this):
+  * "thesis" (App. C): every setting and weighting 100 steps of eps/4 (2/255 at 8/255), TA-MOO
+    lambda = 100, eta_w = 0.005, K = 10, no entropy bonus; MOO the same solver without Omega;
+    MinMax gamma = 3 with weight learning rate 0.01 (the thesis names no rate); losses ENS CE,
+    UNI and EoT C&W (Table 5 and Sec. 4.4 use CW).
+  * "release": TA-MOO always subtracts 20 x the entropy of the unachieved weights (App. E.1's bonus,
+    `entropy_weight=20`); eta_w = 0.025 for ENS (the scripts pass no rate: the default), 0.005 for
+    UNI and EoT; lambda = 100 for ENS and EoT but 10 for UNI; MOO takes ONE gradient step on alpha
+    per attack step with a uniform regularizer 20 ||w - 1/m||^2 (`inner_steps=1`,
+    `uniform_weight=20`) at the default rate 0.025 (0.005 for EoT); MinMax's weight rate is 0.025;
+    UNI runs Uniform and MinMax for 50 steps, MOO and TA-MOO for 100; step sizes 0.007 (ENS, UNI)
+    and 0.01 (EoT) at eps = 0.031, i.e. eps x 0.226 and eps x 0.323; losses ENS CE, UNI CE (the
+    scripts' --loss_type=ce), EoT CW. The release's ENS "Uniform" is PGD on the ensemble output
+    (its `PGD_Linf_ENS` attacks the mean-probability ensemble), not on the sum of member losses
+    (`RELEASE_ENS_UNIFORM_ATTACKS_ENSEMBLE_OUTPUT`; the caller runs `attacks.pgd` for it).
+    Not reproduced: the release updates delta with the previous step's weights before solving for
+    the new ones (we solve, then step) and starts from U(0, eps) (we use U(-eps, eps)).
 Stochastic EoT (Table 9, right column): `tamoo_eot(..., stochastic=True)` draws fresh transformation
 parameters for every example, task and attack step (`STOCHASTIC_EOT_TRANSFORMS`); `eot_success(...,
 stochastic_key=k)` scores one draw. Not implemented: App. D.4's gradient memory (our gamma correction
@@ -43,7 +67,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -51,6 +75,7 @@ import jax.numpy as jnp
 from advjax import losses as losses_lib
 from advjax import threat
 from advjax.attacks import _validation as v
+from advjax.threat import DEFAULT_BOUNDS, Bounds, Scalar
 
 WEIGHTINGS = ("uniform", "moo", "tamoo", "minmax")
 
@@ -76,28 +101,34 @@ def omega(w: jax.Array, achieved: jax.Array) -> jax.Array:
     return achieved_part + unachieved_part
 
 
-def weight_objective(alpha, q, achieved, lam, entropy_weight=0.0):
+def weight_objective(alpha: jax.Array, q: jax.Array, achieved: jax.Array, lam: Scalar,
+                     entropy_weight: Scalar = 0.0, uniform_weight: Scalar = 0.0) -> jax.Array:
     """softmax(alpha)^T Q softmax(alpha) + lambda Omega (Ch. 4, Eq. 3) for one problem (alpha (m,)).
 
-    entropy_weight > 0 subtracts that multiple of the entropy of the unachieved weights (App. E.1)."""
+    entropy_weight > 0 subtracts that multiple of the entropy of the unachieved weights (App. E.1);
+    uniform_weight > 0 adds uniform_weight ||w - 1/m||^2 (the released MOO solver's regularizer)."""
     w = jax.nn.softmax(alpha)
     value = w @ q @ w + lam * omega(w, achieved)
     if entropy_weight:
         ent = -jnp.sum(jnp.where(achieved, 0.0, w * jnp.log(w + 1e-12)))
         value = value - entropy_weight * ent
+    if uniform_weight:
+        value = value + uniform_weight * jnp.sum(jnp.square(w - 1.0 / w.shape[-1]))
     return value
 
 
-def solve_weights(alpha, q, achieved, *, lam=0.0, lr=0.005, inner_steps=10, entropy_weight=0.0):
+def solve_weights(alpha: jax.Array, q: jax.Array, achieved: jax.Array, *, lam: Scalar = 0.0,
+                  lr: Scalar = 0.005, inner_steps: int = 10, entropy_weight: Scalar = 0.0,
+                  uniform_weight: Scalar = 0.0) -> jax.Array:
     """K steps of gradient descent on alpha (Ch. 4, Alg. 1 lines 6-10); batched over leading axes.
 
     Returns the new alpha (warm start for the next attack step); w = softmax(alpha)."""
     grad_fn = jax.grad(weight_objective)
     for _ in range(q.ndim - 2):
-        grad_fn = jax.vmap(grad_fn, in_axes=(0, 0, 0, None, None))
+        grad_fn = jax.vmap(grad_fn, in_axes=(0, 0, 0, None, None, None))
 
     def body(_, a):
-        return a - lr * grad_fn(a, q, achieved, lam, entropy_weight)
+        return a - lr * grad_fn(a, q, achieved, lam, entropy_weight, uniform_weight)
 
     return jax.lax.fori_loop(0, inner_steps, body, alpha)
 
@@ -114,7 +145,8 @@ def project_simplex(w: jax.Array) -> jax.Array:
     return jnp.maximum(w - theta, 0.0)
 
 
-def minmax_weights(w, task_losses, *, gamma=3.0, lr=0.01):
+def minmax_weights(w: jax.Array, task_losses: jax.Array, *, gamma: Scalar = 3.0,
+                   lr: Scalar = 0.01) -> jax.Array:
     """One projected-gradient step on w of min_w sum_i w_i f_i + gamma/2 ||w - 1/m||^2 (Wang et al.
     2021, the MinMax baseline of Ch. 4, Sec. 4); batched over leading axes."""
     m = w.shape[-1]
@@ -144,7 +176,7 @@ def _task_gradients(task_fn, delta):
 
 
 def _moo_attack(task_fn, delta0, project, *, m, step_size, steps, norm, weighting, lam, lr_w,
-                inner_steps, gamma, minmax_lr, entropy_weight, task_key=None):
+                inner_steps, gamma, minmax_lr, entropy_weight, uniform_weight=0.0, task_key=None):
     """Algorithm 1 of Ch. 4 on a (P, ...) perturbation; returns the last iterate delta_L.
 
     task_key: if given, task_fn takes (delta, key) and step t passes fold_in(task_key, t) (stochastic
@@ -169,7 +201,8 @@ def _moo_attack(task_fn, delta0, project, *, m, step_size, steps, norm, weightin
             q = jnp.einsum("pid,pjd->pij", flat, flat)
             reg = lam if weighting == "tamoo" else 0.0
             alpha = solve_weights(alpha, q, achieved, lam=reg, lr=lr_w, inner_steps=inner_steps,
-                                  entropy_weight=entropy_weight if weighting == "tamoo" else 0.0)
+                                  entropy_weight=entropy_weight if weighting == "tamoo" else 0.0,
+                                  uniform_weight=uniform_weight)
             w = jax.nn.softmax(alpha, axis=-1)
         g = jnp.einsum("pi,pi...->p...", w, grads)
         delta = project(delta + (step_size * threat.steepest_ascent(g, norm)).astype(delta.dtype))
@@ -179,7 +212,8 @@ def _moo_attack(task_fn, delta0, project, *, m, step_size, steps, norm, weightin
     return delta
 
 
-def _check(weighting, eps, step_size, steps, norm, key, random_start):
+def _check(weighting, eps, step_size, steps, norm, key, random_start, x, bounds=DEFAULT_BOUNDS):
+    v.check_in_box(x, bounds)
     if weighting not in WEIGHTINGS:
         raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
     threat.check_norm(norm)
@@ -212,20 +246,25 @@ def _start(key, x, eps, norm, random_start):
 _COMMON_DOC = """
     weighting: "uniform" | "moo" | "tamoo" | "minmax". lam: lambda of Eq. 3 (TA-MOO only). lr_w,
     inner_steps: eta_w and K of Alg. 1. gamma, minmax_lr: MinMax's gamma and weight learning rate.
-    loss: "ce" | "kl" | "cw" | callable. random_start: delta_0 ~ U(ball) (Alg. 1 line 1)."""
+    entropy_weight: App. E.1's entropy bonus (TA-MOO only). uniform_weight: the released MOO
+    solver's uniform regularizer (MOO and TA-MOO). `settings(...)` gives the thesis' and the
+    released scripts' values. loss: "ce" | "kl" | "cw" | callable. random_start: delta_0 ~ U(ball)
+    (Alg. 1 line 1)."""
 
 
-def tamoo_ens(logits_fns: Sequence[Callable], x: jax.Array, y: jax.Array, *,
-              key: Optional[jax.Array] = None, eps, step_size, steps: int, norm: str = "linf",
-              weighting: str = "tamoo", loss="ce", lam: float = 100.0, lr_w: float = 0.005,
-              inner_steps: int = 10, gamma: float = 3.0, minmax_lr: float = 0.01,
-              entropy_weight: float = 0.0, random_start: bool = True) -> jax.Array:
+def tamoo_ens(logits_fns: Any, x: jax.Array, y: jax.Array, *,
+              key: Optional[jax.Array] = None, eps: Scalar, step_size: Scalar, steps: int,
+              norm: str = "linf", weighting: str = "tamoo", loss: Any = "ce", lam: float = 100.0,
+              lr_w: float = 0.005, inner_steps: int = 10, gamma: float = 3.0,
+              minmax_lr: float = 0.01, entropy_weight: float = 0.0, uniform_weight: float = 0.0,
+              random_start: bool = True, bounds: Bounds = DEFAULT_BOUNDS) -> jax.Array:
     """ENS (Ch. 4, Sec. 3.2): one perturbation per example against every member h_i of an ensemble;
     task i = fool member i (argmax h_i(x + delta) != y). Per-example.
 
     logits_fns: a sequence of member logits functions, or one callable x -> member logits (m, B, C)
     (e.g. an `Ensemble` applied with return_members=True: all members in one vectorized pass)."""
-    steps = _check(weighting, eps, step_size, steps, norm, key, random_start)
+    bounds = threat.check_bounds(bounds)
+    steps = _check(weighting, eps, step_size, steps, norm, key, random_start, x, bounds)
     if callable(logits_fns):
         stacked = logits_fns
         m = jax.eval_shape(stacked, jax.ShapeDtypeStruct(x.shape, x.dtype)).shape[0]
@@ -237,30 +276,31 @@ def tamoo_ens(logits_fns: Sequence[Callable], x: jax.Array, y: jax.Array, *,
     nat = members(x) if loss == "kl" else [None] * m
 
     def task_fn(delta):
-        xa = threat.clip_to_box(x + delta)
+        xa = threat.clip_to_box(x + delta, *bounds)
         outs = members(xa)
         task_losses = jnp.stack([_task_loss(loss, o, y, n) for o, n in zip(outs, nat)], axis=1)
         achieved = jnp.stack([jnp.argmax(o, -1) != y for o in outs], axis=1)
         return task_losses, achieved
 
-    project = lambda d: threat.project_to_threat(x + d, x, eps, norm) - x
+    project = lambda d: threat.project_to_threat(x + d, x, eps, norm, bounds) - x
     delta0 = project(_start(key, x, eps, norm, random_start))
     delta = _moo_attack(task_fn, delta0, project, m=m, step_size=step_size, steps=steps,
                         norm=norm, weighting=weighting, lam=lam, lr_w=lr_w,
                         inner_steps=inner_steps, gamma=gamma, minmax_lr=minmax_lr,
-                        entropy_weight=entropy_weight)
-    return threat.project_to_threat(x + delta, x, eps, norm)
+                        entropy_weight=entropy_weight, uniform_weight=uniform_weight)
+    return threat.project_to_threat(x + delta, x, eps, norm, bounds)
 
 
 tamoo_ens.__doc__ += _COMMON_DOC
 
 
 def tamoo_ens_members(logits_fn: Callable, x: jax.Array, y: jax.Array, *,
-                      key: Optional[jax.Array] = None, eps, step_size, steps: int,
-                      norm: str = "linf", weighting: str = "tamoo", loss="ce", lam: float = 100.0,
-                      lr_w: float = 0.005, inner_steps: int = 10, gamma: float = 3.0,
-                      minmax_lr: float = 0.01, entropy_weight: float = 0.0,
-                      random_start: bool = True) -> jax.Array:
+                      key: Optional[jax.Array] = None, eps: Scalar, step_size: Scalar,
+                      steps: int, norm: str = "linf", weighting: str = "tamoo", loss: Any = "ce",
+                      lam: float = 100.0, lr_w: float = 0.005, inner_steps: int = 10,
+                      gamma: float = 3.0, minmax_lr: float = 0.01, entropy_weight: float = 0.0,
+                      uniform_weight: float = 0.0, random_start: bool = True,
+                      bounds: Bounds = DEFAULT_BOUNDS) -> jax.Array:
     """ENS (thesis Ch. 4, Sec. 3.2, Alg. 1): `tamoo_ens` against the members of an ensemble given as
     ONE logits function, so that ENS runs from a config like any attack (registered as
     "tamoo_ens_members"): `logits_fn.members(x)` must return the member logits (m, B, C);
@@ -274,21 +314,23 @@ def tamoo_ens_members(logits_fn: Callable, x: jax.Array, y: jax.Array, *,
     return tamoo_ens(members, x, y, key=key, eps=eps, step_size=step_size, steps=steps, norm=norm,
                      weighting=weighting, loss=loss, lam=lam, lr_w=lr_w, inner_steps=inner_steps,
                      gamma=gamma, minmax_lr=minmax_lr, entropy_weight=entropy_weight,
-                     random_start=random_start)
+                     uniform_weight=uniform_weight, random_start=random_start, bounds=bounds)
 
 
 def tamoo_uni(logits_fn: Callable, x: jax.Array, y: jax.Array, *, key: Optional[jax.Array] = None,
-              eps, step_size, steps: int, group_size: int, norm: str = "linf",
-              weighting: str = "tamoo", loss="ce", lam: float = 100.0, lr_w: float = 0.005,
-              inner_steps: int = 10, gamma: float = 3.0, minmax_lr: float = 0.01,
-              entropy_weight: float = 0.0, random_start: bool = True,
-              valid: Optional[jax.Array] = None) -> jax.Array:
+              eps: Scalar, step_size: Scalar, steps: int, group_size: int, norm: str = "linf",
+              weighting: str = "tamoo", loss: Any = "ce", lam: float = 100.0,
+              lr_w: float = 0.005, inner_steps: int = 10, gamma: float = 3.0,
+              minmax_lr: float = 0.01, entropy_weight: float = 0.0, uniform_weight: float = 0.0,
+              random_start: bool = True, valid: Optional[jax.Array] = None,
+              bounds: Bounds = DEFAULT_BOUNDS) -> jax.Array:
     """UNI (Ch. 4, Sec. 3.2): one perturbation shared by each group of `group_size` = K consecutive
     images; task i = fool image i of the group. BATCH-LEVEL (batch size a multiple of K).
 
     valid: optional (B,) bool row mask (`advjax.evaluate` pads the last batch): a padded row's task
     has zero loss and counts as achieved, so it neither pushes delta nor draws TA-MOO's weight."""
-    steps = _check(weighting, eps, step_size, steps, norm, key, random_start)
+    bounds = threat.check_bounds(bounds)
+    steps = _check(weighting, eps, step_size, steps, norm, key, random_start, x, bounds)
     k = v.check_positive_int(group_size, "group_size")
     if x.shape[0] % k:
         raise ValueError(f"batch size {x.shape[0]} is not a multiple of group_size {k}")
@@ -297,7 +339,7 @@ def tamoo_uni(logits_fn: Callable, x: jax.Array, y: jax.Array, *, key: Optional[
     nat = logits_fn(x) if loss == "kl" else None
 
     def task_fn(delta):
-        xa = threat.clip_to_box(xg + delta[:, None]).reshape(x.shape)
+        xa = threat.clip_to_box(xg + delta[:, None], *bounds).reshape(x.shape)
         out = logits_fn(xa)
         task_losses = _task_loss(loss, out, y, nat).reshape(groups, k)
         achieved = (jnp.argmax(out, -1) != y).reshape(groups, k)
@@ -312,8 +354,8 @@ def tamoo_uni(logits_fn: Callable, x: jax.Array, y: jax.Array, *, key: Optional[
     delta = _moo_attack(task_fn, delta0, project, m=k, step_size=step_size, steps=steps,
                         norm=norm, weighting=weighting, lam=lam, lr_w=lr_w,
                         inner_steps=inner_steps, gamma=gamma, minmax_lr=minmax_lr,
-                        entropy_weight=entropy_weight)
-    x_adv = threat.clip_to_box(xg + delta[:, None]).reshape(x.shape)
+                        entropy_weight=entropy_weight, uniform_weight=uniform_weight)
+    x_adv = threat.clip_to_box(xg + delta[:, None], *bounds).reshape(x.shape)
     return x_adv.astype(x.dtype)
 
 
@@ -325,22 +367,22 @@ tamoo_uni.batch_level = True
 # EoT: the deterministic transformations of Table 9 (Ch. 4, App. C), NHWC in [0, 1]
 # ----------------------------------------------------------------------------------------------
 
-def identity(x):
+def identity(x: jax.Array) -> jax.Array:
     """t(x) = x."""
     return x
 
 
-def hflip(x):
+def hflip(x: jax.Array) -> jax.Array:
     """Horizontal flip (width axis)."""
     return x[:, :, ::-1, :]
 
 
-def vflip(x):
+def vflip(x: jax.Array) -> jax.Array:
     """Vertical flip (height axis)."""
     return x[:, ::-1, :, :]
 
 
-def center_crop_resize(x, fraction: float = 0.6):
+def center_crop_resize(x: jax.Array, fraction: float = 0.6) -> jax.Array:
     """The central `fraction` of height and width, resized back bilinearly (Table 9: crop 0.6)."""
     _, h, w, ch = x.shape
     ch_h, ch_w = max(1, round(h * fraction)), max(1, round(w * fraction))
@@ -349,17 +391,17 @@ def center_crop_resize(x, fraction: float = 0.6):
     return jnp.clip(jax.image.resize(crop, x.shape, "bilinear"), 0.0, 1.0)
 
 
-def brightness(x, factor: float = 1.3):
+def brightness(x: jax.Array, factor: float = 1.3) -> jax.Array:
     """clip(factor * x, 0, 1) (Table 9: brightness 1.3)."""
     return jnp.clip(x * factor, 0.0, 1.0)
 
 
-def gamma_correction(x, gamma: float = 1.3):
+def gamma_correction(x: jax.Array, gamma: float = 1.3) -> jax.Array:
     """x ** gamma (Table 9: gamma 1.3); stays in [0, 1]."""
     return jnp.power(jnp.clip(x, 0.0, 1.0), gamma)
 
 
-def rotate(x, degrees: float = 10.0):
+def rotate(x: jax.Array, degrees: float = 10.0) -> jax.Array:
     """Rotation by `degrees` counter-clockwise (as displayed, row 0 on top; torchvision's convention)
     about the image center, bilinear, zero fill (Table 9: rotation 10)."""
     _, h, w, _ = x.shape
@@ -390,12 +432,20 @@ EOT_TRANSFORMS = {
 }
 
 
-def _transforms(names):
+def _in_unit_box(t, bounds):
+    """t (defined on images in [0, 1]) applied to images in the box `bounds`: rescale, t, back."""
+    lo, hi = bounds
+    if (lo, hi) == DEFAULT_BOUNDS:
+        return t
+    return lambda x, *args: lo + (hi - lo) * t((x - lo) / (hi - lo), *args)
+
+
+def _transforms(names, bounds=DEFAULT_BOUNDS):
     names = tuple(EOT_TRANSFORMS) if names is None else tuple(names)
     unknown = [n for n in names if n not in EOT_TRANSFORMS]
     if unknown:
         raise ValueError(f"unknown EoT transforms {unknown}; valid: {sorted(EOT_TRANSFORMS)}")
-    return [EOT_TRANSFORMS[n] for n in names]
+    return [_in_unit_box(EOT_TRANSFORMS[n], bounds) for n in names]
 
 
 # Stochastic EoT (Table 9, right column): parameters drawn per example. Each entry is
@@ -417,7 +467,7 @@ def _grid(x):
     return rows, cols, (h - 1) / 2.0, (w - 1) / 2.0
 
 
-def center_crop_resize_per_example(x, fractions):
+def center_crop_resize_per_example(x: jax.Array, fractions: jax.Array) -> jax.Array:
     """Central crop of `fractions[b]` of each side of image b, resized back (bilinear, by sampling
     the input at the center + (pixel - center) * fraction); traceable fractions, unlike
     `center_crop_resize`, whose crop size is static."""
@@ -426,7 +476,7 @@ def center_crop_resize_per_example(x, fractions):
     return _resample(x, cy + (rows - cy) * f, cx + (cols - cx) * f)
 
 
-def rotate_per_example(x, degrees):
+def rotate_per_example(x: jax.Array, degrees: jax.Array) -> jax.Array:
     """`rotate` with one (traceable) angle per image."""
     rows, cols, cy, cx = _grid(x)
     theta = -jnp.deg2rad(degrees.astype(x.dtype))[:, None, None]
@@ -435,7 +485,7 @@ def rotate_per_example(x, degrees):
     return _resample(x, src_r, src_c)
 
 
-def gamma_correction_per_example(x, gammas):
+def gamma_correction_per_example(x: jax.Array, gammas: jax.Array) -> jax.Array:
     """x ** gamma[b] with a finite gradient everywhere: for gamma < 1 the derivative of x ** gamma is
     infinite at x = 0 (the overflow the thesis reports in App. D.4 on stochastic EoT); here pixels at
     exactly 0 map to 0 with gradient 0, all others as x ** gamma."""
@@ -472,20 +522,23 @@ STOCHASTIC_EOT_TRANSFORMS = {
 }
 
 
-def _stochastic_transforms(names, key):
+def _stochastic_transforms(names, key, bounds=DEFAULT_BOUNDS):
     """[x -> t_i(x)] with the parameters of task i drawn from `key` (one key per task)."""
     names = tuple(EOT_TRANSFORMS) if names is None else tuple(names)
     _transforms(names)  # validates the names
     keys = jax.random.split(key, len(names))
-    return [functools.partial(STOCHASTIC_EOT_TRANSFORMS[n], k) for n, k in zip(names, keys)]
+    return [_in_unit_box(functools.partial(STOCHASTIC_EOT_TRANSFORMS[n], k), bounds)
+            for n, k in zip(names, keys)]
 
 
 def tamoo_eot(logits_fn: Callable, x: jax.Array, y: jax.Array, *, key: Optional[jax.Array] = None,
-              eps, step_size, steps: int, transforms: Optional[Sequence[str]] = None,
-              norm: str = "linf", weighting: str = "tamoo", loss="ce", lam: float = 100.0,
+              eps: Scalar, step_size: Scalar, steps: int,
+              transforms: Optional[Sequence[str]] = None, norm: str = "linf",
+              weighting: str = "tamoo", loss: Any = "ce", lam: float = 100.0,
               lr_w: float = 0.005, inner_steps: int = 10, gamma: float = 3.0,
-              minmax_lr: float = 0.01, entropy_weight: float = 0.0,
-              random_start: bool = True, stochastic: bool = False) -> jax.Array:
+              minmax_lr: float = 0.01, entropy_weight: float = 0.0, uniform_weight: float = 0.0,
+              random_start: bool = True, stochastic: bool = False,
+              bounds: Bounds = DEFAULT_BOUNDS) -> jax.Array:
     """EoT (Ch. 4, Sec. 3.2, Table 9): one perturbation per example that fools the model under every
     deterministic transformation t_i (`transforms`, names of EOT_TRANSFORMS, default all seven);
     task i = argmax h(t_i(x + delta)) != y. Per-example.
@@ -494,34 +547,77 @@ def tamoo_eot(logits_fn: Callable, x: jax.Array, y: jax.Array, *, key: Optional[
     flips with p = 0.5, crop scale U(0.6, 1), brightness U(1, 1.3), rotation U(-10, 10) degrees,
     gamma U(0.7, 1.3)), with parameters drawn afresh for every example, task and step (one sample
     of the expectation per step); needs `key`, and the same key gives the same attack."""
-    steps = _check(weighting, eps, step_size, steps, norm, key, random_start or stochastic)
+    bounds = threat.check_bounds(bounds)
+    steps = _check(weighting, eps, step_size, steps, norm, key, random_start or stochastic, x,
+                   bounds)
     if stochastic:
         key, task_key = jax.random.split(key)
         _transforms(transforms)
     else:
         task_key = None
-        ts = _transforms(transforms)
+        ts = _transforms(transforms, bounds)
 
     def task_fn(delta, step_key=None):
-        tfs = ts if step_key is None else _stochastic_transforms(transforms, step_key)
+        tfs = ts if step_key is None else _stochastic_transforms(transforms, step_key, bounds)
         nat = [logits_fn(t(x)) for t in tfs] if loss == "kl" else [None] * len(tfs)
-        xa = threat.clip_to_box(x + delta)
+        xa = threat.clip_to_box(x + delta, *bounds)
         outs = [logits_fn(t(xa)) for t in tfs]
         task_losses = jnp.stack([_task_loss(loss, o, y, n) for o, n in zip(outs, nat)], axis=1)
         achieved = jnp.stack([jnp.argmax(o, -1) != y for o in outs], axis=1)
         return task_losses, achieved
 
-    project = lambda d: threat.project_to_threat(x + d, x, eps, norm) - x
+    project = lambda d: threat.project_to_threat(x + d, x, eps, norm, bounds) - x
     delta0 = project(_start(key, x, eps, norm, random_start))
     m = len(tuple(EOT_TRANSFORMS) if transforms is None else tuple(transforms))
     delta = _moo_attack(task_fn, delta0, project, m=m, step_size=step_size, steps=steps,
                         norm=norm, weighting=weighting, lam=lam, lr_w=lr_w,
                         inner_steps=inner_steps, gamma=gamma, minmax_lr=minmax_lr,
-                        entropy_weight=entropy_weight, task_key=task_key)
-    return threat.project_to_threat(x + delta, x, eps, norm)
+                        entropy_weight=entropy_weight, uniform_weight=uniform_weight,
+                        task_key=task_key)
+    return threat.project_to_threat(x + delta, x, eps, norm, bounds)
 
 
 tamoo_eot.__doc__ += _COMMON_DOC
+
+
+# ----------------------------------------------------------------------------------------------
+# Settings: the thesis' (App. C) and the released scripts' (module docstring)
+# ----------------------------------------------------------------------------------------------
+
+SETTINGS = ("ens", "uni", "eot")
+SETTINGS_VARIANTS = ("thesis", "release")
+RELEASE_ENS_UNIFORM_ATTACKS_ENSEMBLE_OUTPUT = True
+_RELEASE_EPS = 0.031
+
+
+def settings(setting: str, weighting: str, eps: float, variant: str = "thesis") -> dict:
+    """Keyword arguments of `tamoo_ens` / `tamoo_uni` / `tamoo_eot` (setting "ens" | "uni" | "eot")
+    for `weighting` at radius `eps`: steps, step_size, loss and the weighting's solver settings, as
+    the thesis states them (variant "thesis", App. C) or as the authors' scripts run them
+    ("release"; module docstring). The release's step sizes are scaled from its eps = 0.031 to `eps`."""
+    if setting not in SETTINGS:
+        raise ValueError(f"setting must be one of {SETTINGS}, got {setting!r}")
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+    if variant not in SETTINGS_VARIANTS:
+        raise ValueError(f"variant must be one of {SETTINGS_VARIANTS}, got {variant!r}")
+    v.check_nonnegative(eps, "eps")
+    kw = dict(weighting=weighting, steps=100, step_size=eps / 4, lam=100.0, lr_w=0.005,
+              inner_steps=10, gamma=3.0, minmax_lr=0.01, entropy_weight=0.0, uniform_weight=0.0,
+              loss="ce" if setting == "ens" else "cw")
+    if variant == "thesis":
+        return kw
+    kw.update(step_size=eps * (0.01 if setting == "eot" else 0.007) / _RELEASE_EPS,
+              minmax_lr=0.025, entropy_weight=20.0, loss="cw" if setting == "eot" else "ce")
+    if setting == "uni":
+        kw.update(lam=10.0)
+        if weighting in ("uniform", "minmax"):
+            kw.update(steps=50)
+    if weighting == "tamoo":
+        kw.update(lr_w=0.025 if setting == "ens" else 0.005)
+    elif weighting == "moo":
+        kw.update(lr_w=0.005 if setting == "eot" else 0.025, inner_steps=1, uniform_weight=20.0)
+    return kw
 
 
 # ----------------------------------------------------------------------------------------------
@@ -538,20 +634,24 @@ def a_avg(success: jax.Array) -> jax.Array:
     return jnp.mean(success.astype(jnp.float32))
 
 
-def ens_success(logits_fns, x_adv, y):
+def ens_success(logits_fns: Sequence[Callable], x_adv: jax.Array, y: jax.Array) -> jax.Array:
     """(B, m): member i misclassifies x_adv."""
     return jnp.stack([jnp.argmax(f(x_adv), -1) != y for f in logits_fns], axis=1)
 
 
-def eot_success(logits_fn, x_adv, y, transforms=None, *, stochastic_key=None):
+def eot_success(logits_fn: Callable, x_adv: jax.Array, y: jax.Array,
+                transforms: Optional[Sequence[str]] = None, *,
+                stochastic_key: Optional[jax.Array] = None,
+                bounds: Bounds = DEFAULT_BOUNDS) -> jax.Array:
     """(B, m): the model misclassifies t_i(x_adv); with stochastic_key, t_i is one draw of the
-    stochastic family (STOCHASTIC_EOT_TRANSFORMS) per example."""
-    ts = (_transforms(transforms) if stochastic_key is None
-          else _stochastic_transforms(transforms, stochastic_key))
+    stochastic family (STOCHASTIC_EOT_TRANSFORMS) per example. `bounds`: the attack's box."""
+    bounds = threat.check_bounds(bounds)
+    ts = (_transforms(transforms, bounds) if stochastic_key is None
+          else _stochastic_transforms(transforms, stochastic_key, bounds))
     return jnp.stack([jnp.argmax(logits_fn(t(x_adv)), -1) != y for t in ts], axis=1)
 
 
-def uni_success(logits_fn, x_adv, y, group_size):
+def uni_success(logits_fn: Callable, x_adv: jax.Array, y: jax.Array, group_size: int) -> jax.Array:
     """(B / K, K): image i of each group is misclassified."""
     wrong = jnp.argmax(logits_fn(x_adv), -1) != y
     return wrong.reshape(-1, group_size)

@@ -9,7 +9,7 @@ training.txt). DRA Eq. (5) with gamma fixed (the Lagrangian relaxation of Sec. 3
 
 whose maximizer is found by T_adv steps of gradient ascent with step size alpha' (Sec. 3.3, "In
 practice, we iterate T_adv steps with learning rate alpha'"). There is no projection onto a norm ball:
-gamma alone keeps x' near x. The only constraint is the valid-input box [0, 1].
+gamma alone keeps x' near x. The only constraint is the valid-input box `bounds` (default [0, 1]).
 
 Transport costs (DRA Sec. 3.2 and 3.3.2), on delta = x' - x flattened per example (d = H*W*C):
 
@@ -52,6 +52,7 @@ from advjax import losses as losses_lib
 from advjax import threat
 from advjax.attacks import _validation as v
 from advjax.attacks.gradient import _objective, _resolve_loss
+from advjax.threat import DEFAULT_BOUNDS, Bounds, Scalar
 
 LogitsFn = Callable[[jax.Array], jax.Array]
 Loss = Union[str, losses_lib.LossFn]
@@ -61,6 +62,7 @@ ASCENTS = ("gradient", "sign", "adam")
 
 
 def check_cost(cost: str) -> str:
+    """Returns `cost` if it is one of `COSTS`, else raises a ValueError naming the argument."""
     if cost not in COSTS:
         raise ValueError(f"cost must be one of {COSTS}, got {cost!r}")
     return cost
@@ -79,7 +81,7 @@ def _check_matrix(A, d: int):
     return A
 
 
-def transport_cost(delta: jax.Array, cost: str = "l2", *, beta=0.0,
+def transport_cost(delta: jax.Array, cost: str = "l2", *, beta: Scalar = 0.0,
                    A: Optional[jax.Array] = None) -> jax.Array:
     """Per-example transport cost c(x, x + delta), shape (batch,) (DRA Sec. 3.2 / 3.3.2).
 
@@ -99,7 +101,7 @@ def transport_cost(delta: jax.Array, cost: str = "l2", *, beta=0.0,
     return jnp.einsum("bi,ij,bj->b", flat, A.astype(flat.dtype), flat)
 
 
-def transport_cost_grad(delta: jax.Array, cost: str = "l2", *, beta=0.0,
+def transport_cost_grad(delta: jax.Array, cost: str = "l2", *, beta: Scalar = 0.0,
                         A: Optional[jax.Array] = None) -> jax.Array:
     """Closed-form (sub)gradient of `transport_cost` with respect to delta (= w.r.t. x'), delta's shape.
 
@@ -143,19 +145,22 @@ def _ascent_direction(ascent: str):
 
 
 def wrm(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: Optional[jax.Array] = None,
-        gamma, step_size, steps: int, cost: str = "l2", beta=0.0, A: Optional[jax.Array] = None,
-        loss: Loss = "ce", kappa: float = float("inf"), ascent: str = "gradient",
-        random_start: bool = False, init_eps=0.0, targeted: bool = False) -> jax.Array:
+        gamma: Scalar, step_size: Scalar, steps: int, cost: str = "l2", beta: Scalar = 0.0,
+        A: Optional[jax.Array] = None, loss: Loss = "ce", kappa: float = float("inf"),
+        ascent: str = "gradient", random_start: bool = False, init_eps: Scalar = 0.0,
+        targeted: bool = False, bounds: Bounds = DEFAULT_BOUNDS) -> jax.Array:
     """Lagrangian attack of WRM (Sinha et al. 2018) / DRA (Eq. 5, Sec. 3.3): maximize
-    loss(logits_fn(x'), y) - gamma c(x, x') over x' in [0, 1] by `steps` ascent steps.
+    loss(logits_fn(x'), y) - gamma c(x, x') over x' in the box `bounds` = [lo, hi] (default
+    [0, 1]) by `steps` ascent steps.
 
-    x'_{t+1} = clip_[0,1]( x'_t + step_size * D(grad_x' loss(x'_t) - gamma grad_x' c(x, x'_t)) ),
+    x'_{t+1} = clip_[lo,hi]( x'_t + step_size * D(grad_x' loss(x'_t) - gamma grad_x' c(x, x'_t)) ),
     D = identity ("gradient"), sign ("sign") or Adam's normalization ("adam"). x'_0 = x, or
     clip(x + U(-init_eps, init_eps)) with `random_start=True` (needs `key`).
     gamma = 0 is unconstrained ascent in the box; gamma -> inf (with step_size * gamma bounded) keeps
     x' at x. `cost` / `beta` / `A`: see `transport_cost`. Returns the last iterate (no ball).
     """
-    v.check_batch(logits_fn, x, y)
+    bounds = threat.check_bounds(bounds)
+    v.check_batch(logits_fn, x, y, bounds=bounds)
     check_cost(cost)
     if ascent not in ASCENTS:
         raise ValueError(f"ascent must be one of {ASCENTS}, got {ascent!r}")
@@ -172,7 +177,7 @@ def wrm(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: Optional[jax.Ar
     start = x
     if random_start:
         v.check_nonnegative(init_eps, "init_eps")
-        start = threat.clip_to_box(x + threat.random_init(key, x, init_eps, "linf"))
+        start = threat.clip_to_box(x + threat.random_init(key, x, init_eps, "linf"), *bounds)
     init, direction = _ascent_direction(ascent)
 
     def body(_, carry):
@@ -180,7 +185,7 @@ def wrm(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: Optional[jax.Ar
         _, _, g = value_and_grad(x_adv)
         g = g - gamma * transport_cost_grad(x_adv - x, cost, beta=beta, A=A)
         d, s = direction(g, s)
-        x_adv = threat.clip_to_box(x_adv + (step_size * d).astype(dtype)).astype(dtype)
+        x_adv = threat.clip_to_box(x_adv + (step_size * d).astype(dtype), *bounds).astype(dtype)
         return x_adv, s
 
     x_adv, _ = jax.lax.fori_loop(0, steps, body, (start, init(start)))

@@ -29,7 +29,7 @@ import json
 import os
 import tempfile
 import warnings
-from typing import Iterable, Iterator, Optional, Tuple
+from typing import Any, Iterable, Iterator, Optional, Tuple
 
 import numpy as np
 
@@ -64,7 +64,7 @@ def _to_uint8(images: np.ndarray) -> np.ndarray:
 
 
 def load_numpy(name: str, split: str, *, data_dir: Optional[str] = None,
-               limit: Optional[int] = None, dtype=np.float32,
+               limit: Optional[int] = None, dtype: Any = np.float32,
                idx_dir: Optional[str] = None) -> Tuple[np.ndarray, np.ndarray]:
     """The first `limit` examples (default: all) of `split` of dataset `name`, in the split's order.
 

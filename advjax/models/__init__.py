@@ -20,7 +20,9 @@ Every model is a ``flax.linen.Module`` with a ``num_classes`` field and
 
 Registry: ``MODELS`` maps config names to classes; ``get_model(name, **fields)`` builds one and
 rejects unknown names or fields with the list of valid ones; ``model_fields(name)`` lists the
-fields.
+fields. ``register_model(name, cls)`` adds a user's own Flax module, so that a config naming it
+(``config.model.name = name``) trains it with ``advjax train`` (register it in the config file, or in
+any module the config file imports).
 ``init_variables(model, key, input_shape)`` initializes from a per-example shape, e.g. (28, 28, 1);
 ``logits_fn(model, variables)`` closes over the variables and gives the ``x -> logits`` function
 attacks take; ``param_count(model, input_shape)`` counts parameters without allocating them.
@@ -35,8 +37,9 @@ their first (thin-input) convolution with respect to its input as im2col + matmu
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
-from typing import Any, Callable, Dict, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
@@ -64,6 +67,98 @@ MODELS: Dict[str, type] = {
 }
 
 _NOT_FIELDS = ("parent", "name")
+_BUILTIN_MODELS = frozenset(MODELS)
+
+
+def _call_parameters(cls: type) -> Dict[str, inspect.Parameter]:
+    return dict(inspect.signature(cls.__call__).parameters)
+
+
+def _adapt_module_class(cls: type, features: Optional[str]) -> type:
+    """A subclass of cls whose ``__call__(x, *, train=False, return_features=False)`` speaks the
+    model-zoo contract, with the same fields and parameter tree.
+
+    ``train`` goes on to cls's ``__call__`` as ``train`` (or as ``deterministic = not train``) if it
+    takes one; features, for ``return_features=True``, are the output of the submodule at path
+    ``features`` (e.g. "Dense_0" or "block/conv"), caught with ``nn.intercept_methods``, flattened
+    to (batch, -1).
+    """
+    params = _call_parameters(cls)
+    train_arg = next((a for a in ("train", "deterministic") if a in params), None)
+    parent_call = cls.__call__
+
+    def __call__(self, x, *, train: bool = False, return_features: bool = False):
+        kwargs = {}
+        if train_arg == "train":
+            kwargs["train"] = train
+        elif train_arg == "deterministic":
+            kwargs["deterministic"] = not train
+        if not return_features:
+            return parent_call(self, x, **kwargs)
+        if features is None:
+            raise ValueError(f"model {cls.__name__} was registered without features: pass "
+                             f"register_model(..., features=SUBMODULE_PATH) to use an objective "
+                             f"that regularizes features (ADR, ASCL)")
+        caught = []
+
+        def catch(next_fun, args, kw, context):
+            out = next_fun(*args, **kw)
+            if (context.method_name == "__call__" and not caught
+                    and "/".join(context.module.path) == features):
+                caught.append(out)
+            return out
+
+        with nn.intercept_methods(catch):
+            logits = parent_call(self, x, **kwargs)
+        if not caught:
+            raise ValueError(f"features={features!r}: {cls.__name__} has no submodule at that path")
+        return logits, caught[0].reshape(caught[0].shape[0], -1)
+
+    __call__.__doc__ = parent_call.__doc__
+    return type(cls.__name__, (cls,), {"__call__": __call__, "__module__": cls.__module__,
+                                       "__qualname__": cls.__qualname__, "__doc__": cls.__doc__,
+                                       "registered_features": features})
+
+
+def register_model(name: str, cls: type, *, features: Optional[str] = None,
+                   overwrite: bool = False) -> type:
+    """Adds a user's Flax module class to ``MODELS`` under ``name``; returns the registered class.
+
+    ``cls`` must be a ``flax.linen.Module`` subclass with a ``num_classes`` field (the training loop
+    sets it from the dataset) whose ``__call__(x)`` maps NHWC images in [0, 1] to logits. It may take
+    ``train`` (or ``deterministic``) and ``return_features``; if it lacks them, a subclass with the
+    same fields and parameters adds them (``features``: the path of the submodule whose output an
+    objective such as ADR regularizes). Built-in names cannot be replaced; registering another class
+    under a user name needs ``overwrite=True`` (the same class, or a class of the same qualified name
+    from a re-executed config file, replaces it silently).
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"name must be a non-empty string, got {name!r}")
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise ValueError(f"cls must be a flax.linen.Module subclass, got {cls!r}")
+    fields = [f.name for f in dataclasses.fields(cls)]
+    if "num_classes" not in fields:
+        raise ValueError(f"{cls.__name__} must have a num_classes field (advjax train sets it from "
+                         f"the dataset); its fields: {[f for f in fields if f not in _NOT_FIELDS]}")
+    if features is not None and not isinstance(features, str):
+        raise ValueError(f"features must be a submodule path such as 'Dense_0', got {features!r}")
+    if name in _BUILTIN_MODELS:
+        raise ValueError(f"{name!r} is a built-in model; register yours under another name")
+    old = MODELS.get(name)
+    if old is not None and not overwrite:
+        old_cls = getattr(old, "registered_as", old)
+        if old_cls is not cls and old_cls.__qualname__ != cls.__qualname__:
+            raise ValueError(f"model {name!r} is already registered ({old_cls.__qualname__}); pass "
+                             f"overwrite=True to replace it")
+    params = _call_parameters(cls)
+    native = "train" in params and "return_features" in params
+    registered = cls if native and features is None else _adapt_module_class(cls, features)
+    if registered is cls:
+        MODELS[name] = cls
+    else:
+        registered.registered_as = cls
+        MODELS[name] = registered
+    return registered
 
 
 def _model_class(name: str) -> type:
@@ -100,7 +195,7 @@ def get_model(name: str, **kwargs) -> nn.Module:
 
 
 def init_variables(model: nn.Module, key: jax.Array, input_shape: Sequence[int],
-                   dtype=jnp.float32) -> Dict[str, Any]:
+                   dtype: Any = jnp.float32) -> Dict[str, Any]:
     """``model.init`` on a zero batch of one example of ``input_shape`` (no batch axis), in eval
     mode; returns the variable dict ({"params": ...}, plus "batch_stats" for batch-norm models)."""
     x = jnp.zeros((1, *input_shape), dtype)
@@ -136,5 +231,6 @@ def logits_fn(model: nn.Module, variables: Dict[str, Any], *, train: bool = Fals
 __all__ = [
     "MLP", "CNN4C3F", "MadryCNN", "DAACNN", "DAAReleaseCNN", "DRACNN", "ResNet20", "PreActResNet18", "WideResNet",
     "MODELS", "get_model", "model_fields", "init_variables", "param_count", "logits_fn",
+    "register_model",
     "max_pool_2x2", "layers", "CIFAR10_MEAN", "CIFAR10_STD",
 ]

@@ -24,7 +24,7 @@ a valid static argument); configs may give a dict, which ``get_model`` turns int
 
 from __future__ import annotations
 
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Sequence, Tuple
 
 import flax.linen as nn
 import jax
@@ -113,7 +113,7 @@ def member_variables(variables: Dict[str, Any], n: int) -> Dict[str, Any]:
             for col, tree in variables.items()}
 
 
-def stack_member_variables(members) -> Dict[str, Any]:
+def stack_member_variables(members: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
     """The ensemble variables from a list of member variable dicts (inverse of member_variables)."""
     cols = members[0].keys()
     return {col: {"members": {"member": jax.tree_util.tree_map(lambda *a: jnp.stack(a),

@@ -12,9 +12,9 @@ from typing import Any, Callable, Dict, Mapping
 
 from advjax.objectives import adt, at, mart, standard, trades
 from advjax.objectives import awp, udr, wrm
-from advjax.objectives import adr, ascl, cce
-from advjax.objectives._common import (Objective, accuracy, attack_logits_fn, mean_ce, result,
-                                       train_forward)
+from advjax.objectives import adr, ascl, cce, ensemble_at
+from advjax.objectives._common import (Objective, accuracy, as_objective_apply, attack_logits_fn,
+                                       mean_ce, result, train_forward)
 
 OBJECTIVES: Dict[str, Callable[..., Objective]] = {
     "standard": standard.make,
@@ -37,16 +37,18 @@ OBJECTIVES: Dict[str, Callable[..., Objective]] = {
     "adt_exp_am": adt.adt_exp_am,
     "adt_imp_am": adt.adt_imp_am,
     "adt_exp_trades": adt.adt_exp_trades,
-    # Thesis Ch. 3 (ADR, ASCL) and Ch. 4 (CCE; the model is models.ensemble.Ensemble):
+    # Thesis Ch. 3 (ADR, ASCL) and Ch. 4 (CCE, its baseline ADV-EN, TA-MOO-AT; the model is
+    # models.ensemble.Ensemble):
     "adr_adv": adr.adr_adv,
     "adr_trades": adr.adr_trades,
     "ascl": ascl.ascl,
     "cce": cce.cce,
+    "adv_en": ensemble_at.adv_en,
     "ensemble_moo_at": cce.ensemble_moo_at,
 }
 
 
-def register_objective(name: str, factory: Callable[..., Objective]):
+def register_objective(name: str, factory: Callable[..., Objective]) -> Callable[..., Objective]:
     """Adds a method family's factory (method modules call this at import)."""
     if name in OBJECTIVES and OBJECTIVES[name] is not factory:
         raise ValueError(f"objective {name!r} is already registered")
@@ -54,7 +56,7 @@ def register_objective(name: str, factory: Callable[..., Objective]):
     return factory
 
 
-def objective_hyperparameters(name: str):
+def objective_hyperparameters(name: str) -> Dict[str, Any]:
     """The keyword hyperparameters (with defaults, or None if required) of objective `name`."""
     factory = _factory(name)
     return {k: (None if p.default is p.empty else p.default)
@@ -68,8 +70,12 @@ def _factory(name):
         raise ValueError(f"unknown objective {name!r}; valid: {sorted(OBJECTIVES)}") from None
 
 
-def make_objective(name: str, apply_fn, hyperparameters: Mapping[str, Any]) -> Objective:
-    """Builds objective `name` for `apply_fn`; unknown or missing hyperparameters raise ValueError."""
+def make_objective(name: str, apply_fn: Callable[..., Any],
+                   hyperparameters: Mapping[str, Any]) -> Objective:
+    """Builds objective `name` for `apply_fn`; unknown or missing hyperparameters raise ValueError.
+
+    `apply_fn`: a Flax `model.apply` or any JAX apply function `apply(variables, x)` (see
+    `as_objective_apply`, which the objectives apply to it)."""
     factory = _factory(name)
     valid = objective_hyperparameters(name)
     unknown = set(hyperparameters) - set(valid)
@@ -83,6 +89,6 @@ def make_objective(name: str, apply_fn, hyperparameters: Mapping[str, Any]) -> O
     return factory(apply_fn, **dict(hyperparameters))
 
 
-__all__ = ["OBJECTIVES", "Objective", "make_objective", "register_objective",
+__all__ = ["OBJECTIVES", "Objective", "make_objective", "register_objective", "as_objective_apply",
            "objective_hyperparameters", "attack_logits_fn", "train_forward", "accuracy", "mean_ce",
            "result"]

@@ -35,7 +35,7 @@ Importing this module also registers the amortized attacks "adt_exp_am" and "adt
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import Callable, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -47,6 +47,7 @@ from advjax.attacks import adt as adt_attacks
 from advjax.models.generator import ResidualGenerator
 from advjax.objectives import _common as c
 from advjax.objectives.trades import trades_loss
+from advjax.threat import DEFAULT_BOUNDS, Bounds, Scalar
 
 
 def _check_input_shape(input_shape) -> Tuple[int, int, int]:
@@ -58,7 +59,7 @@ def _check_input_shape(input_shape) -> Tuple[int, int, int]:
     return shape
 
 
-def _exp_objective(apply_fn, *, eps, steps, samples, lr, lam, adam_b1, adam_b2, init_sigma,
+def _exp_objective(apply_fn: c.ApplyFn, *, eps, steps, samples, lr, lam, adam_b1, adam_b2, init_sigma,
                    attack_bn, beta: Optional[float]) -> c.Objective:
     """ADT_EXP with CE (beta None) or the TRADES loss (beta set)."""
     v.check_nonnegative(eps, "eps")
@@ -96,7 +97,7 @@ def _exp_objective(apply_fn, *, eps, steps, samples, lr, lam, adam_b1, adam_b2, 
     return c.Objective(objective)
 
 
-def adt_exp(apply_fn, *, eps: float, steps: int = 7, samples: int = 5, lr: float = 0.3,
+def adt_exp(apply_fn: c.ApplyFn, *, eps: float, steps: int = 7, samples: int = 5, lr: float = 0.3,
             lam: float = 0.01, adam_b1: float = 0.0, adam_b2: float = 0.0,
             init_sigma: float = adt_attacks.DEFAULT_INIT_SIGMA,
             attack_bn: str = "eval") -> c.Objective:
@@ -109,7 +110,7 @@ def adt_exp(apply_fn, *, eps: float, steps: int = 7, samples: int = 5, lr: float
                           attack_bn=attack_bn, beta=None)
 
 
-def adt_exp_trades(apply_fn, *, eps: float, beta: float = 6.0, steps: int = 7, samples: int = 5,
+def adt_exp_trades(apply_fn: c.ApplyFn, *, eps: float, beta: float = 6.0, steps: int = 7, samples: int = 5,
                    lr: float = 0.3, lam: float = 0.01, adam_b1: float = 0.0, adam_b2: float = 0.0,
                    init_sigma: float = adt_attacks.DEFAULT_INIT_SIGMA,
                    attack_bn: str = "eval") -> c.Objective:
@@ -134,7 +135,7 @@ def _init_module(module, key, shape: Sequence[int], channels: int):
     return dict(module.init(key, x, train=False))
 
 
-def adt_exp_am(apply_fn, *, eps: float, input_shape: Sequence[int], lam: float = 0.01,
+def adt_exp_am(apply_fn: c.ApplyFn, *, eps: float, input_shape: Sequence[int], lam: float = 0.01,
                generator_lr: float = 2e-4, generator_b1: float = 0.5, generator_b2: float = 0.999,
                generator_width: int = 64, generator_blocks: int = 3,
                generator_input: str = "image_and_gradients",
@@ -187,7 +188,7 @@ def adt_exp_am(apply_fn, *, eps: float, input_shape: Sequence[int], lam: float =
     return c.Objective(objective, init_method_state=init_method_state)
 
 
-def adt_imp_am(apply_fn, *, eps: float, input_shape: Sequence[int], lam: float = 0.01,
+def adt_imp_am(apply_fn: c.ApplyFn, *, eps: float, input_shape: Sequence[int], lam: float = 0.01,
                z_channels: int = 1, generator_lr: float = 2e-4, generator_b1: float = 0.5,
                generator_b2: float = 0.999, generator_width: int = 64, generator_blocks: int = 3,
                encoder_lr: float = 2e-4, encoder_width: int = 32, encoder_blocks: int = 2,
@@ -260,21 +261,25 @@ def adt_imp_am(apply_fn, *, eps: float, input_shape: Sequence[int], lam: float =
 # The amortized attacks with the default generator (registered as "adt_exp_am", "adt_imp_am")
 # ------------------------------------------------------------------------------------------------
 
-def exp_am_attack(logits_fn, x, y, *, key, eps, train_steps: int = 200, lr: float = 1e-3,
+def exp_am_attack(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array, y: jax.Array, *,
+                  key: jax.Array, eps: Scalar, train_steps: int = 200, lr: float = 1e-3,
                   lam: float = 0.01, generator_width: int = 32, generator_blocks: int = 2,
-                  generator_input: str = "image_and_gradients") -> jax.Array:
+                  generator_input: str = "image_and_gradients",
+                  bounds: Bounds = DEFAULT_BOUNDS) -> jax.Array:
     """The EXP-AM attack with a fresh `ResidualGenerator` (see `attacks.adt.adt_exp_am_attack`)."""
     generator = ResidualGenerator(out_channels=2 * x.shape[-1], width=generator_width,
                                   num_blocks=generator_blocks)
     return adt_attacks.adt_exp_am_attack(logits_fn, x, y, key=key, eps=eps, generator=generator,
                                          train_steps=train_steps, lr=lr, lam=lam,
-                                         generator_input=generator_input)
+                                         generator_input=generator_input, bounds=bounds)
 
 
-def imp_am_attack(logits_fn, x, y, *, key, eps, train_steps: int = 200, lr: float = 1e-3,
+def imp_am_attack(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array, y: jax.Array, *,
+                  key: jax.Array, eps: Scalar, train_steps: int = 200, lr: float = 1e-3,
                   lam: float = 0.01, z_channels: int = 1, generator_width: int = 32,
                   generator_blocks: int = 2, encoder_width: int = 16, encoder_blocks: int = 1,
-                  generator_input: str = "image_and_gradients") -> jax.Array:
+                  generator_input: str = "image_and_gradients",
+                  bounds: Bounds = DEFAULT_BOUNDS) -> jax.Array:
     """The IMP-AM attack with fresh `ResidualGenerator`s (see `attacks.adt.adt_imp_am_attack`)."""
     generator = ResidualGenerator(out_channels=x.shape[-1], width=generator_width,
                                   num_blocks=generator_blocks)
@@ -283,7 +288,7 @@ def imp_am_attack(logits_fn, x, y, *, key, eps, train_steps: int = 200, lr: floa
     return adt_attacks.adt_imp_am_attack(logits_fn, x, y, key=key, eps=eps, generator=generator,
                                          encoder=encoder, z_channels=z_channels,
                                          train_steps=train_steps, lr=lr, lam=lam,
-                                         generator_input=generator_input)
+                                         generator_input=generator_input, bounds=bounds)
 
 
 attacks.register_attack("adt_exp_am", exp_am_attack)

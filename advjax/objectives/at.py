@@ -51,7 +51,7 @@ def _adversarial_objective(apply_fn, craft, *, clean_weight: float, attack_bn: s
     return c.Objective(objective)
 
 
-def fgsm_at(apply_fn, *, eps: float, alpha: float = 0.5, attack_bn: str = "eval") -> c.Objective:
+def fgsm_at(apply_fn: c.ApplyFn, *, eps: float, alpha: float = 0.5, attack_bn: str = "eval") -> c.Objective:
     """FGSM adversarial training with the alpha-mixed loss (Goodfellow et al. 2015, Eq. 3).
 
     L = alpha CE(f(x), y) + (1 - alpha) CE(f(x + eps sign(grad_x CE)), y); alpha = 0.5 in the paper.
@@ -62,7 +62,7 @@ def fgsm_at(apply_fn, *, eps: float, alpha: float = 0.5, attack_bn: str = "eval"
     return _adversarial_objective(apply_fn, craft, clean_weight=alpha, attack_bn=attack_bn)
 
 
-def ro(apply_fn, *, eps: float, norm: str = "linf", l1_k: int = 1,
+def ro(apply_fn: c.ApplyFn, *, eps: float, norm: str = "linf", l1_k: int = 1,
        attack_bn: str = "eval") -> c.Objective:
     """Robust optimization with a single steepest-ascent step (Shaham et al. 2018, Alg. 1, Sec. 4.1).
 
@@ -75,7 +75,7 @@ def ro(apply_fn, *, eps: float, norm: str = "linf", l1_k: int = 1,
     return _adversarial_objective(apply_fn, craft, clean_weight=0.0, attack_bn=attack_bn)
 
 
-def pgd_at(apply_fn, *, eps: float, step_size: float, steps: int, norm: str = "linf",
+def pgd_at(apply_fn: c.ApplyFn, *, eps: float, step_size: float, steps: int, norm: str = "linf",
            random_start: bool = True, mix: float = 1.0, attack_bn: str = "eval") -> c.Objective:
     """PGD adversarial training (Madry et al. 2018): L = (1 - mix) CE(f(x)) + mix CE(f(x_pgd)).
 

@@ -31,7 +31,7 @@ before the normalization, so v is the global batch's, the same on 1 or N devices
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Dict, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -40,17 +40,18 @@ from advjax import attacks, threat
 from advjax.attacks import _validation as v
 from advjax.objectives import _common as c
 from advjax.objectives import udr
+from advjax.threat import Scalar
 
 # The authors' code adds EPS = 1e-20 to ||d_l|| before dividing.
 _NORM_EPS = 1e-20
 
 
-def is_perturbed(leaf) -> bool:
+def is_perturbed(leaf: Any) -> bool:
     """AWP perturbs weight matrices / convolution kernels (ndim > 1), not biases or batch-norm."""
     return jnp.ndim(leaf) > 1
 
 
-def weight_perturbation(grads, params, gamma):
+def weight_perturbation(grads: Any, params: Any, gamma: Scalar) -> Any:
     """v_l = gamma ||w_l|| g_l / (||g_l|| + 1e-20) for kernels (ndim > 1), 0 elsewhere (Frobenius norms).
 
     The one-step solution of max_{||v_l|| <= gamma ||w_l||} <g, v>: ||v_l|| = gamma ||w_l|| exactly
@@ -73,7 +74,8 @@ def _proxy_ce(apply_fn, model_state, x_adv, y, key):
     return loss
 
 
-def awp_loss(apply_fn, params, model_state, x_adv, y, key, gamma):
+def awp_loss(apply_fn: c.ApplyFn, params: Any, model_state: Dict[str, Any], x_adv: jax.Array,
+             y: jax.Array, key: jax.Array, gamma: Scalar) -> Tuple[Any, ...]:
     """(loss at w + stop_gradient(v), logits, new model state, v): the AWP outer step on x_adv."""
     k_proxy, k_train = jax.random.split(key)
     w = jax.lax.stop_gradient(params)  # v is a constant for the outer gradient
@@ -92,7 +94,7 @@ def _relative_size(vp, params):
     return jnp.sqrt(num / den)
 
 
-def awp_at(apply_fn, *, eps: float, step_size: float, steps: int, gamma: float = 0.01,
+def awp_at(apply_fn: c.ApplyFn, *, eps: float, step_size: float, steps: int, gamma: float = 0.01,
            norm: str = "linf", random_start: bool = True, attack_bn: str = "eval") -> c.Objective:
     """AWP-AT (Wu et al. 2020): x' by PGD at w, v by one normalized ascent step (module docstring),
     L = mean CE(f_{w+v}(x'), y), differentiated at w + v and applied to w.
@@ -120,7 +122,7 @@ def awp_at(apply_fn, *, eps: float, step_size: float, steps: int, gamma: float =
     return c.Objective(objective)
 
 
-def udr_awp(apply_fn, *, eps: float, step_size: float, steps: int, gamma: float = 0.01,
+def udr_awp(apply_fn: c.ApplyFn, *, eps: float, step_size: float, steps: int, gamma: float = 0.01,
             tau: Optional[float] = None, tau_steps: float = 1.0, lambda_0: float = 1.0,
             lambda_lr: float = 0.02, lambda_distance: str = "threat", norm: str = "linf",
             pull: str = "linf", start: str = "uniform", attack_bn: str = "eval") -> c.Objective:

@@ -10,17 +10,20 @@ bound the loss when a probability saturates.
 
 from __future__ import annotations
 
+from typing import Tuple
+
 import jax
 import jax.numpy as jnp
 
 from advjax import attacks, threat
 from advjax.attacks import _validation as v
 from advjax.objectives import _common as c
+from advjax.threat import Scalar
 
 INIT_STD = 0.001
 
 
-def boosted_ce(logits, y):
+def boosted_ce(logits: jax.Array, y: jax.Array) -> jax.Array:
     """Per-example BCE of MART, Eq. 11: -log p_y - log(1.0001 - max_{k != y} p_k)."""
     p = jax.nn.softmax(logits, axis=-1)
     onehot = jax.nn.one_hot(y, logits.shape[-1], dtype=bool)
@@ -29,7 +32,8 @@ def boosted_ce(logits, y):
     return -jnp.log(p_y + 1e-12) - jnp.log(1.0001 - p_other)
 
 
-def mart_loss(logits_nat, logits_adv, y, beta):
+def mart_loss(logits_nat: jax.Array, logits_adv: jax.Array, y: jax.Array,
+              beta: Scalar) -> Tuple[jax.Array, jax.Array, jax.Array]:
     """(total, bce, weighted_kl) of MART, Eq. 13."""
     p_nat = jax.nn.softmax(logits_nat, axis=-1)
     p_adv = jax.nn.softmax(logits_adv, axis=-1)
@@ -40,7 +44,7 @@ def mart_loss(logits_nat, logits_adv, y, beta):
     return bce + beta * weighted, bce, weighted
 
 
-def make(apply_fn, *, eps: float, step_size: float, steps: int, beta: float = 6.0,
+def make(apply_fn: c.ApplyFn, *, eps: float, step_size: float, steps: int, beta: float = 6.0,
          norm: str = "linf", attack_bn: str = "eval") -> c.Objective:
     """MART objective; beta = 6 in the paper's CIFAR-10 experiments."""
     v.check_nonnegative(eps, "eps")

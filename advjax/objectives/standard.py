@@ -5,7 +5,7 @@ from __future__ import annotations
 from advjax.objectives import _common as c
 
 
-def make(apply_fn) -> c.Objective:
+def make(apply_fn: c.ApplyFn) -> c.Objective:
     """Empirical risk minimization, L = mean_i CE(f(x_i), y_i) (the ADT paper's "Standard" row)."""
 
     def objective(params, state, batch, key):

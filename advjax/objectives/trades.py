@@ -9,31 +9,37 @@ the training loss averages KL over the batch, with gradients flowing through bot
 
 from __future__ import annotations
 
+from typing import Callable, Tuple
+
 import jax
 
 from advjax import attacks, losses, threat
 from advjax.attacks import _validation as v
 from advjax.objectives import _common as c
+from advjax.threat import Scalar
 
 # Scale of the Gaussian start of the TRADES attack (authors' code: 0.001 * randn).
 INIT_STD = 0.001
 
 
-def trades_attack(f, x, y, key, *, eps, step_size, steps, norm="linf"):
+def trades_attack(f: Callable[[jax.Array], jax.Array], x: jax.Array, y: jax.Array,
+                  key: jax.Array, *, eps: Scalar, step_size: Scalar, steps: int,
+                  norm: str = "linf") -> jax.Array:
     """The TRADES inner maximization: PGD on KL(f(x) || f(x')) from x + 0.001 N(0, I)."""
     x_init = x + INIT_STD * jax.random.normal(key, x.shape, x.dtype)
     return attacks.pgd(f, x, y, eps=eps, step_size=step_size, steps=steps, norm=norm, loss="kl",
                        random_start=False, x_init=x_init)
 
 
-def trades_loss(logits_nat, logits_adv, y, beta):
+def trades_loss(logits_nat: jax.Array, logits_adv: jax.Array, y: jax.Array,
+                beta: Scalar) -> Tuple[jax.Array, jax.Array, jax.Array]:
     """(total, ce, kl): CE(f(x), y) + beta * mean_i KL(p_nat,i || p_adv,i)."""
     ce = c.mean_ce(logits_nat, y)
     kl = losses.kl_divergence(logits_nat, logits_adv).mean()
     return ce + beta * kl, ce, kl
 
 
-def make(apply_fn, *, eps: float, step_size: float, steps: int, beta: float = 6.0,
+def make(apply_fn: c.ApplyFn, *, eps: float, step_size: float, steps: int, beta: float = 6.0,
          norm: str = "linf", attack_bn: str = "eval") -> c.Objective:
     """TRADES objective; beta = 6 for CIFAR-10 and 1 for MNIST in the paper."""
     v.check_nonnegative(eps, "eps")

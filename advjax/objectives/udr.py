@@ -59,7 +59,7 @@ Other choices:
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -68,6 +68,7 @@ from advjax import losses, threat
 from advjax.attacks import _validation as v
 from advjax.objectives import _common as c
 from advjax.objectives.mart import boosted_ce
+from advjax.threat import Scalar
 
 RISKS = ("pgd", "trades", "mart")
 PULLS = ("linf", "l2")
@@ -82,19 +83,22 @@ RiskFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 # Risk functions g(x', x, y), per example, on logits
 # ------------------------------------------------------------------------------------------------
 
-def risk_pgd(logits_adv, logits_nat, y, *, beta=1.0, natural_weight=1.0):
+def risk_pgd(logits_adv: jax.Array, logits_nat: jax.Array, y: jax.Array, *, beta: Scalar = 1.0,
+             natural_weight: Scalar = 1.0) -> jax.Array:
     """UDR-PGD (Sec. 3): natural_weight CE(h(x), y) + beta CE(h(x'), y). natural_weight = 0 is the
     variant of App. D ("omit the cross-entropy loss of the natural images", WRN-34-10 and AWP)."""
     return natural_weight * losses.cross_entropy(logits_nat, y) + \
         beta * losses.cross_entropy(logits_adv, y)
 
 
-def risk_trades(logits_adv, logits_nat, y, *, beta=6.0):
+def risk_trades(logits_adv: jax.Array, logits_nat: jax.Array, y: jax.Array, *,
+                beta: Scalar = 6.0) -> jax.Array:
     """UDR-TRADES (Sec. 3): CE(h(x), y) + beta KL(h(x) || h(x'))."""
     return losses.cross_entropy(logits_nat, y) + beta * losses.kl_divergence(logits_nat, logits_adv)
 
 
-def risk_mart(logits_adv, logits_nat, y, *, beta=5.0, bce_input="natural"):
+def risk_mart(logits_adv: jax.Array, logits_nat: jax.Array, y: jax.Array, *, beta: Scalar = 5.0,
+              bce_input: str = "natural") -> jax.Array:
     """UDR-MART (Sec. 3, Eq. 7): BCE(h(x), y) + beta (1 - [h(x)]_y) KL(h(x) || h(x')).
 
     BCE(p, y) = -log p_y - log(1 - max_{k != y} p_k) (`mart.boosted_ce`). The chapter puts BCE on the
@@ -110,25 +114,25 @@ def risk_mart(logits_adv, logits_nat, y, *, beta=5.0, bce_input="natural"):
 # Soft ball, pull, lambda
 # ------------------------------------------------------------------------------------------------
 
-def soft_ball_cost(distance: jax.Array, eps, tau) -> jax.Array:
+def soft_ball_cost(distance: jax.Array, eps: Scalar, tau: Scalar) -> jax.Array:
     """Eq. (16): c_hat = c if c < eps, else eps + (c - eps) / tau. Continuous; tau -> 0 gives the hard
     ball (13) (cost inf outside)."""
     return jnp.where(distance < eps, distance, eps + (distance - eps) / tau)
 
 
-def lambda_update(lam, mean_soft_cost, eps, lr) -> jax.Array:
+def lambda_update(lam: Scalar, mean_soft_cost: Scalar, eps: Scalar, lr: Scalar) -> jax.Array:
     """Eq. (19) kept in lambda >= 0: max(0, lambda - lr (eps - mean c_hat)). Decreases when the
     adversarial examples are on average inside the ball (mean c_hat < eps), increases otherwise."""
     return jnp.maximum(0.0, lam - lr * (eps - mean_soft_cost))
 
 
-def pull_strength(lam, step_size, tau, outside: bool = True) -> jax.Array:
+def pull_strength(lam: Scalar, step_size: Scalar, tau: Scalar, outside: bool = True) -> jax.Array:
     """kappa = min(eta lambda / tau, 1) outside the ball, min(eta lambda, 1) inside (module docstring)."""
     k = lam * step_size / tau if outside else lam * step_size
     return jnp.minimum(k, 1.0)
 
 
-def pull_linf(delta: jax.Array, eps, kappa) -> jax.Array:
+def pull_linf(delta: jax.Array, eps: Scalar, kappa: Scalar) -> jax.Array:
     """[code] per-pixel pull: on pixels with |delta_i| > eps, delta_i <- (1 - kappa) delta_i +
     kappa eps sign(delta_i) (= delta_i - kappa (delta_i - sign(delta_i) eps)); kappa = 1 is the linf
     projection (written so that it is exactly eps sign(delta_i))."""
@@ -137,7 +141,8 @@ def pull_linf(delta: jax.Array, eps, kappa) -> jax.Array:
     return jnp.where(jnp.abs(delta) > eps, pulled, delta).astype(delta.dtype)
 
 
-def pull_l2(delta: jax.Array, distance: jax.Array, eps, kappa_in, kappa_out) -> jax.Array:
+def pull_l2(delta: jax.Array, distance: jax.Array, eps: Scalar, kappa_in: Scalar,
+            kappa_out: Scalar) -> jax.Array:
     """Eq. (18 ii) / (29) with c = ||.||_2^2 / 2: delta <- (1 - kappa) delta, x_{n+1} =
     (1 - kappa) x_inter + kappa x, kappa = kappa_in if distance < eps else kappa_out (per example)."""
     kappa = jnp.where(distance < eps, kappa_in, kappa_out).astype(delta.dtype)
@@ -148,7 +153,8 @@ def pull_l2(delta: jax.Array, distance: jax.Array, eps, kappa_in, kappa_out) -> 
 # The adversary (Algorithm 1, step 2)
 # ------------------------------------------------------------------------------------------------
 
-def udr_attack(logits_fn, x, y, *, key, lam, eps, step_size, steps: int, tau,
+def udr_attack(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array, y: jax.Array, *,
+               key: jax.Array, lam: Scalar, eps: Scalar, step_size: Scalar, steps: int, tau: Scalar,
                risk: RiskFn = risk_pgd, norm: str = "linf", pull: str = "linf",
                start: str = "uniform") -> jax.Array:
     """Algorithm 1 step 2: k push/pull steps (18) on g(x', x, y) - lambda c_hat(x', x), no projection.
@@ -197,7 +203,7 @@ def udr_attack(logits_fn, x, y, *, key, lam, eps, step_size, steps: int, tau,
 # Objectives
 # ------------------------------------------------------------------------------------------------
 
-def resolve_tau(step_size, tau: Optional[float], tau_steps: float):
+def resolve_tau(step_size: Scalar, tau: Optional[float], tau_steps: float) -> Scalar:
     """tau if given, else tau_steps * step_size (1: the authors' code; 2: the text, Sec. 5.2)."""
     t = tau if tau is not None else tau_steps * step_size
     if not t > 0:
@@ -205,8 +211,9 @@ def resolve_tau(step_size, tau: Optional[float], tau_steps: float):
     return t
 
 
-def check_udr(eps, step_size, steps, lambda_0, lambda_lr, norm, pull, start, attack_bn,
-              lambda_distance="threat"):
+def check_udr(eps: Scalar, step_size: Scalar, steps: int, lambda_0: Scalar, lambda_lr: Scalar,
+              norm: str, pull: str, start: str, attack_bn: str,
+              lambda_distance: str = "threat") -> None:
     v.check_nonnegative(eps, "eps")
     v.check_nonnegative(step_size, "step_size")
     v.check_positive_int(steps, "steps")
@@ -239,8 +246,10 @@ def lambda_distance_of(delta: jax.Array, kind: str, norm: str) -> jax.Array:
     raise ValueError(f"lambda_distance must be one of {LAMBDA_DISTANCES}, got {kind!r}")
 
 
-def udr_adversary(apply_fn, params, state, batch, key, *, risk, eps, step_size, steps, tau,
-                  lambda_lr, norm, pull, start, attack_bn, lambda_distance="threat"):
+def udr_adversary(apply_fn: c.ApplyFn, params: Any, state: Dict[str, Any], batch: Dict[str, jax.Array],
+                  key: jax.Array, *, risk: RiskFn, eps: Scalar, step_size: Scalar, steps: int,
+                  tau: Scalar, lambda_lr: Scalar, norm: str, pull: str, start: str, attack_bn: str,
+                  lambda_distance: str = "threat") -> Tuple[Any, ...]:
     """Steps 2-3 of Algorithm 1: (x^a, new method state {"lambda"}, metrics). Shared with UDR-AWP."""
     x, y = batch["image"], batch["label"]
     k_attack, k_drop = jax.random.split(key)
@@ -287,7 +296,7 @@ def _make(apply_fn, risk, *, eps, step_size, steps, tau, tau_steps, lambda_0, la
     return c.Objective(objective, init_method_state=_init_lambda(lambda_0))
 
 
-def udr_pgd(apply_fn, *, eps: float, step_size: float, steps: int, beta: float = 1.0,
+def udr_pgd(apply_fn: c.ApplyFn, *, eps: float, step_size: float, steps: int, beta: float = 1.0,
             natural_weight: float = 1.0, tau: Optional[float] = None, tau_steps: float = 1.0,
             lambda_0: float = 1.0, lambda_lr: float = 0.02, lambda_distance: str = "threat",
             norm: str = "linf", pull: str = "linf", start: str = "uniform",
@@ -307,7 +316,7 @@ def udr_pgd(apply_fn, *, eps: float, step_size: float, steps: int, beta: float =
                  attack_bn=attack_bn)
 
 
-def udr_trades(apply_fn, *, eps: float, step_size: float, steps: int, beta: float = 6.0,
+def udr_trades(apply_fn: c.ApplyFn, *, eps: float, step_size: float, steps: int, beta: float = 6.0,
                tau: Optional[float] = None, tau_steps: float = 1.0, lambda_0: float = 1.0,
                lambda_lr: float = 0.02, lambda_distance: str = "threat", norm: str = "linf",
                pull: str = "linf", start: str = "uniform", attack_bn: str = "eval") -> c.Objective:
@@ -321,7 +330,7 @@ def udr_trades(apply_fn, *, eps: float, step_size: float, steps: int, beta: floa
                  attack_bn=attack_bn)
 
 
-def udr_mart(apply_fn, *, eps: float, step_size: float, steps: int, beta: float = 5.0,
+def udr_mart(apply_fn: c.ApplyFn, *, eps: float, step_size: float, steps: int, beta: float = 5.0,
              bce_input: str = "natural", tau: Optional[float] = None, tau_steps: float = 1.0,
              lambda_0: float = 1.0, lambda_lr: float = 0.02, lambda_distance: str = "threat",
              norm: str = "linf", pull: str = "linf", start: str = "uniform",

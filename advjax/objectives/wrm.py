@@ -46,13 +46,14 @@ from advjax.attacks import _validation as v
 from advjax.attacks.wrm import ASCENTS, COSTS, transport_cost
 from advjax.attacks.wrm import wrm as wrm_attack
 from advjax.objectives import _common as c
+from advjax.threat import Scalar
 
 
 # ------------------------------------------------------------------------------------------------
 # Theorem 2: the adversary's Mahalanobis matrix
 # ------------------------------------------------------------------------------------------------
 
-def theorem2_eigenvalues(psi: jax.Array, r) -> jax.Array:
+def theorem2_eigenvalues(psi: jax.Array, r: Scalar) -> jax.Array:
     """DRA Theorem 2: Lambda_jj = (sum_k psi_k^(r/(r+1)))^(1/r) / (psi_j^(1/(r+1)) d^(1/r)).
 
     psi > 0: the eigenvalues of the perturbations' scatter sum_i zeta_i zeta_i^T. The result is the
@@ -66,7 +67,7 @@ def theorem2_eigenvalues(psi: jax.Array, r) -> jax.Array:
     return num / (psi ** (1.0 / (r + 1.0)) * d ** (1.0 / r))
 
 
-def theorem2_matrix(scatter: jax.Array, r, *, psi_floor=1e-6):
+def theorem2_matrix(scatter: jax.Array, r: Scalar, *, psi_floor: Scalar = 1e-6) -> jax.Array:
     """(A, Lambda): DRA Theorem 2, A = Q^T Lambda Q for the eigendecomposition scatter = Q^T Psi Q.
 
     `jnp.linalg.eigh` gives scatter = V diag(psi) V^T, i.e. Q = V^T and A = V diag(Lambda) V^T.
@@ -124,7 +125,7 @@ def _perturbation_metrics(x_adv, x, y, logits_adv, cost_value, gamma, loss):
             "adv_acc": c.accuracy(logits_adv, y)}
 
 
-def _fixed_cost_objective(apply_fn, *, gamma, step_size, steps, cost, beta, ascent, attack_bn):
+def _fixed_cost_objective(apply_fn: c.ApplyFn, *, gamma, step_size, steps, cost, beta, ascent, attack_bn):
     def craft(f, x, y, k):
         return wrm_attack(f, x, y, gamma=gamma, step_size=step_size, steps=steps, cost=cost,
                           beta=beta, ascent=ascent)
@@ -144,7 +145,7 @@ def _fixed_cost_objective(apply_fn, *, gamma, step_size, steps, cost, beta, asce
 # Factories
 # ------------------------------------------------------------------------------------------------
 
-def wrm(apply_fn, *, gamma: float, step_size: float, steps: int, cost: str = "l2",
+def wrm(apply_fn: c.ApplyFn, *, gamma: float, step_size: float, steps: int, cost: str = "l2",
         beta: float = 0.0, ascent: str = "gradient", attack_bn: str = "eval") -> c.Objective:
     """WRM (Sinha et al. 2018) = DRA_2 (DRA Eq. 5 with c = ||x - x'||_2^2, Algorithm 1).
 
@@ -160,7 +161,7 @@ def wrm(apply_fn, *, gamma: float, step_size: float, steps: int, cost: str = "l2
                                  beta=beta, ascent=ascent, attack_bn=attack_bn)
 
 
-def dra_inf(apply_fn, *, gamma: float, step_size: float, steps: int, ascent: str = "gradient",
+def dra_inf(apply_fn: c.ApplyFn, *, gamma: float, step_size: float, steps: int, ascent: str = "gradient",
             attack_bn: str = "eval") -> c.Objective:
     """DRA_inf (DRA Sec. 3.2 / 4): the Lagrangian attack with c = ||x - x'||_inf (gamma = 0.02 in
     DRA's CIFAR-10 runs); see `advjax.attacks.wrm` for the subgradient."""
@@ -175,7 +176,7 @@ def _raw_key(key):
     return key
 
 
-def dra_multi(apply_fn, *, gamma_2: float, gamma_inf: float, step_size: float, steps: int,
+def dra_multi(apply_fn: c.ApplyFn, *, gamma_2: float, gamma_inf: float, step_size: float, steps: int,
               p: float = 0.5, ascent: str = "gradient", attack_bn: str = "eval") -> c.Objective:
     """DRA_{2-inf}, the multi-cost ensemble (DRA Algorithm 2).
 
@@ -219,7 +220,7 @@ def dra_multi(apply_fn, *, gamma_2: float, gamma_inf: float, step_size: float, s
     return c.Objective(objective, init_method_state=init_method_state)
 
 
-def dra_mahalanobis(apply_fn, *, gamma: float, step_size: float, steps: int, input_dim: int,
+def dra_mahalanobis(apply_fn: c.ApplyFn, *, gamma: float, step_size: float, steps: int, input_dim: int,
                     r: float = 2.0, psi_floor: float = 1e-6, ascent: str = "gradient",
                     attack_bn: str = "eval") -> c.Objective:
     """DRA_A, adaptive Mahalanobis cost (DRA Algorithm 3, Theorem 2).

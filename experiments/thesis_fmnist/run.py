@@ -1,54 +1,43 @@
-"""Thesis Ch. 3 (ADR, ASCL) and Ch. 4 (CCE, TA-MOO) on the real Fashion-MNIST (issue 7), CPU scale.
+"""Thesis Ch. 3 (ADR, ASCL) and Ch. 4 (CCE, TA-MOO) on Fashion-MNIST against the baselines the thesis
+uses (issue 16). One command per part runs that part's whole plan; every part is resumable (a rerun
+skips each finished (method, seed) run, resumes an interrupted one from its last checkpoint, and
+skips each finished TA-MOO cell).
 
-Three parts, selected with --part (default: all three, in this order); each writes
-results_<part>.json, results_<part>.md (with the command line and the wall time) and a PNG:
+    python experiments/thesis_fmnist/run.py --part adr|ascl|cce|tamoo [--seeds 0 1 2]
+        [--epochs N] [--n 10000] [--threads 1] [--only LABEL ...] [--report]
+    python experiments/thesis_fmnist/run.py --part P --time-slice 20      # budget: s/epoch, s/eval
 
-  adr    PGD-AT, TRADES, ADR-ADV, ADR-TRADES, ASCL-Global, ASCL-Leaked (configs pgd_at_fmnist,
-         trades_fmnist, adr_adv_fmnist, adr_trades_fmnist, ascl_global_fmnist, ascl_leaked_fmnist;
-         CNN-4C3F 16/32/128, linf eps 0.1, PGD-10 training adversary). Evaluated on the first --n
-         test images: clean, linf PGD-20 (step eps/4) at eps 0.05 ... 0.25, PGD-100 at 0.1, and
-         R-DIV (Ch. 3, Sec. 2: `advjax.objectives.ascl.relative_divergence`) of the latent features
-         (`return_features=True`) of the natural test images and their PGD-20 (eps 0.1) examples.
-         accuracy_vs_eps_adr.png.
-  cce    2-member ensembles of that CNN: CCE-RM (l_pm = l_dm = 1) and CCE-Base (l_pm = l_dm = 0,
-         which IS independent PGD-AT of each member with CE(x) + CE(x_a); tests/test_thesis.py
-         checks the equality, so this row is the "independently adversarially trained members"
-         baseline, ADV-EN_2 of the thesis, and no separate run is needed). Ensemble clean /
-         PGD-20 (eps 0.1) accuracy, each member's clean / PGD-20 accuracy, and the transfer
-         matrix a(i, j) (accuracy of member j on PGD-20 examples against member i) with T of
-         Table 6. transfer_cce.png.
-  tamoo  TA-MOO attacks (Ch. 4, Alg. 1) against standard-trained nets; weightings Uniform, MinMax
-         (gamma 3), MOO, TA-MOO; A-All and A-Avg on the first --n-tamoo test images.
-         (a) ENS against four different networks (MLP 256-256, CNN-4C3F 16/32/128, Madry-CNN 16/32
-         fc 256, ResNet-8 = `resnet20` with one block per stage), CE loss (Table 1).
-         (b) UNI on the CNN-4C3F, group sizes K = 4, 8, 12, 20, C&W loss (App. C).
-         (c) EoT on the CNN-4C3F with the seven deterministic transformations of Table 9, C&W loss;
-         and the stochastic setting of Table 9 (`tamoo_eot(stochastic=True)`), scored as the mean
-         A-All / A-Avg over --eot-draws fresh draws of the transformations.
-         One eps per setting, calibrated on held-out test images (those after the first --n-tamoo):
-         the smallest eps of EPS_GRID at which Uniform's A-All (UNI: A-Avg at K = 12; with one delta
-         shared by 12-20 images A-All is near 0 at any eps that leaves K = 4 unsaturated) reaches
-         50 %, falling back to the grid eps closest to 50 %; the same eps, steps (--tamoo-steps)
-         and step size (eps / 4) for all four weightings. --eps-ens / --eps-uni / --eps-eot skip the
-         calibration. uni_a_avg_vs_k.png.
+Parts (the protocol is in `advjax.config.thesis_fmnist_base` and the configs; README.md has the
+claims, the budget plan and the commands):
+  adr    ADR-None, ADR-ADV, TRADES (beta 1), ADR-TRADES (thesis) and ADR-TRADES (release) under the
+         ADR protocol (CNN-4C3F(32), SGD 0.01, x0.1 at 55/75/90 of 100 epochs), >= 3 seeds each.
+         Claims: ADR-ADV vs ADR-None, ADR-TRADES vs TRADES. R-DIV per run.
+  ascl   ADR-None and ASCL Global / Hard-LS / Soft-LS / Leaked-LS in both variants (thesis and
+         released-code scales) under the ASCL protocol (Adam 1e-3, no clipping). Claims: each ASCL
+         row vs ADR-None; R-DIV (thesis App. B: mini-batches of 128) per run.
+  cce    ADV-EN_2, CCE-Base_2, CCE-RM_2, CCE-DM_2 (and the release variant of RM / DM) under the CCE
+         protocol (Table 8 MNIST members, Adam 1e-3, batch 64). Ensemble robust accuracy and the
+         transferability T of Table 6 (a(i, j) by PGD-20 of eps / 4), the S_11 .. S_00 subsets.
+  tamoo  PGD-AT victims (four architectures for ENS, the CNN for UNI and EoT), attacked by Uniform,
+         MinMax, MOO and TA-MOO with 100 steps, in both settings (`tamoo.settings`: the thesis' App. C
+         and the released scripts'); A-All and A-Avg with 95% intervals, per-problem successes.
 
-Cut to fit the 2-core CPU (the thesis trains ResNets/WRNs for 100-200 epochs on CIFAR): adr uses the
-first --train-limit training images (default 15,000) for --epochs epochs (default 4); cce, whose
-ensembles cost twice, 10,000 images for 3 epochs; tamoo trains its victims with standard training
-on 10,000 images for 2 epochs (they only need to be different accurate networks) and attacks with 50
-steps instead of 100. The TA-MOO victims are standard-trained (the thesis attacks adversarially
-trained ones): every attack breaks them at eps 0.1, hence the small calibrated eps.
+Evaluation of a trained model (the thesis' MNIST columns, `thesis_fmnist_base`): clean, PGD-40 step
+0.01, PGD-40 step 0.02, PGD-100 step 0.01, multi-targeted PGD-20, all at eps 0.1 with a random
+start, on the first --n test images (default: all 10,000); A_rob is the per-example worst case.
+Per-example correctness goes to per_example_<part>.npz for the paired tests of the report, which
+uses experiments/stats.py (McNemar, seed differences, detectable difference).
 
-    python experiments/thesis_fmnist/run.py [--part adr|cce|tamoo] [--train-limit 15000]
-        [--epochs 4] [--n 1000] [--cce-train-limit 10000] [--cce-epochs 3]
-        [--tamoo-train-limit 10000] [--tamoo-epochs 2] [--n-tamoo 500] [--tamoo-steps 50]
-        [--threads 1]
+Cuts: --epochs N shortens every run (ADR's decay epochs scale with it); --seeds picks the seeds;
+--train-limit trains on the first N images (default 0 = all 60,000). A cut run is still a valid
+paired comparison (same cut for the method and its baseline), not the thesis' protocol.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -58,45 +47,148 @@ sys.path.insert(0, os.path.dirname(HERE))
 import study  # noqa: E402
 
 STUDY = "thesis_fmnist"
-PARTS = ("adr", "cce", "tamoo")
+PARTS = ("adr", "ascl", "cce", "tamoo")
 EPS = 0.1
-LINF_EPS = (0.05, 0.1, 0.15, 0.2, 0.25)
+DEFAULT_SEEDS = (0, 1, 2)
+COLLAPSE_CLEAN = 0.2  # a run whose clean accuracy is below this collapsed: fix it, never report it
+THESIS_EPOCHS = 100
+ADR_DECAY_EPOCHS = (55, 75, 90)
 
-ADR_METHODS = [
-    study.Method("PGD-AT", "pgd_at_fmnist"),
-    study.Method("TRADES", "trades_fmnist"),
-    study.Method("ADR-ADV", "adr_adv_fmnist"),
-    study.Method("ADR-TRADES", "adr_trades_fmnist"),
-    study.Method("ASCL-Global", "ascl_global_fmnist"),
-    study.Method("ASCL-Leaked", "ascl_leaked_fmnist"),
-    # ASCL-Global diverged at step ~100 (gradient norm 642, then a constant predictor); the same
-    # config with the gradient clipped to global norm 1 (the only change) is the rerun.
-    study.Method("ASCL-Global clip 1", "ascl_global_fmnist", {"optim.grad_clip": 1.0}),
-]
-CCE_METHODS = [
-    study.Method("CCE-Base (= independent AT)", "cce_base_fmnist"),
-    study.Method("CCE-RM", "cce_rm_fmnist"),
-    # In the first CCE-Base run one member collapsed to a constant predictor (the shared protocol's
-    # unstable start, see README.md); both ensembles again with the gradient clipped to norm 1.
-    study.Method("CCE-Base clip 1", "cce_base_fmnist", {"optim.grad_clip": 1.0}),
-    study.Method("CCE-RM clip 1", "cce_rm_fmnist", {"optim.grad_clip": 1.0}),
-]
-# Standard-trained victims of the TA-MOO attacks: four architecture families.
+# (label, config, overrides); the first row of each training part is its baseline.
+ROWS = {
+    "adr": [
+        ("ADR-None", "adr_none_fmnist", {}),
+        ("ADR-ADV", "adr_adv_fmnist", {}),
+        ("TRADES", "adr_baseline_trades_fmnist", {}),
+        ("ADR-TRADES", "adr_trades_fmnist", {}),
+        ("ADR-TRADES (release)", "adr_trades_fmnist", {"objective.variant": "release"}),
+    ],
+    "ascl": [("ADR-None (Adam)", "ascl_none_fmnist", {})] + [
+        row for sel, name in (("global", "Global"), ("hard", "Hard-LS"), ("soft", "Soft-LS"),
+                              ("leaked", "Leaked-LS"))
+        for row in ((f"ASCL-{name}", f"ascl_{sel}_fmnist", {}),
+                    (f"ASCL-{name} (release)", f"ascl_{sel}_fmnist",
+                     {"objective.variant": "release"}))],
+    "cce": [
+        ("ADV-EN_2", "adv_en_fmnist", {}),
+        ("CCE-Base_2", "cce_base_fmnist", {}),
+        ("CCE-RM_2", "cce_rm_fmnist", {}),
+        ("CCE-DM_2", "cce_dm_fmnist", {}),
+        ("CCE-RM_2 (release)", "cce_rm_fmnist", {"objective.variant": "release"}),
+        ("CCE-DM_2 (release)", "cce_dm_fmnist", {"objective.variant": "release"}),
+    ],
+}
+
+# The claims each part tests: (method, baseline, metric, claimed direction (+1: method higher),
+# the thesis' words and where, the thesis' effect in points).
+CLAIMS = {
+    "adr": [
+        ("ADR-ADV", "ADR-None", "a_rob", +1,
+         '"our ADR-ADV improves ADV by 2.4% (from 94.15% to 96.55%)" (Ch. 3, Sec. 4.2, MNIST, '
+         "PGD-40 at eps_d; thesis l. 1089)", 2.4),
+        ("ADR-TRADES", "TRADES", "a_rob", +1,
+         '"ADR-TRADES boosts TRADES by 2.07% (from 93.64% to 95.71%)" (Ch. 3, Sec. 4.2, MNIST; '
+         "l. 1089)", 2.07),
+        ("ADR-TRADES (release)", "TRADES", "a_rob", +1,
+         "the same claim for the PyTorch release's ADR-TRADES loss (CE + 1 KL)", 2.07),
+        ("ADR-ADV", "ADR-None", "clean", 0,
+         '"without hurting the natural accuracy" (Ch. 3, Sec. 4.2, Table 1; l. 1038): no loss '
+         "of clean accuracy", 0.0),
+    ],
+    "ascl": [
+        (label, "ADR-None (Adam)", "a_rob", +1,
+         "ASCL's robustness gain over adversarial training with the same L_AT (Ch. 3 ASCL, "
+         "Table 2: ADV 48.1 -> Leaked-ASCL 53.7 PGD; Table 4: Global 52.7, Hard 53.1, Soft 53.4; "
+         "CIFAR-10 ResNet20; l. 1452-1515)", effect)
+        for label, effect in (("ASCL-Global", 4.6), ("ASCL-Global (release)", 4.6),
+                              ("ASCL-Hard-LS", 5.0), ("ASCL-Hard-LS (release)", 5.0),
+                              ("ASCL-Soft-LS", 5.3), ("ASCL-Soft-LS (release)", 5.3),
+                              ("ASCL-Leaked-LS", 5.6), ("ASCL-Leaked-LS (release)", 5.6))
+    ] + [
+        ("ASCL-Leaked-LS", "ADR-None (Adam)", "r_div", -1,
+         '"our ASCL and Leaked-ASCL have lower R-DIV than baseline methods, and Leaked-ASCL '
+         'achieves the lowest measure" (Ch. 3 ASCL, Sec. 4.4, Fig. 5; l. 1523; AT 0.64, '
+         "ADR 0.63, ASCL 0.49, Leaked-ASCL 0.48)", None),
+    ],
+    "cce": [
+        ("CCE-RM_2", "ADV-EN_2", "a_rob", +1,
+         "CCE-RM_2 vs ADV-EN_2 under PGD k = 100: 44.7 vs 39.7 (Ch. 4, Table 4, CIFAR-10 CNN; "
+         'l. 2043); "with the same model capacity, our CCE-RM is consistently the best" (l. 2034)',
+         5.0),
+        ("CCE-RM_2", "CCE-Base_2", "a_rob", +1,
+         '"This helps improve the overall robustness of the ensemble model from 43.3% for '
+         'CCE-Base to 45.5% for CCE-RM" (Ch. 4, Table 6 discussion; l. 2082)', 2.2),
+        ("CCE-DM_2", "ADV-EN_2", "clean", +1,
+         '"CCE-DM significantly improves natural accuracy of the ensemble model by a large '
+         'margin" (Ch. 4, Table 7: CNN_2 86.0 vs 76.0; l. 2116-2124)', 10.0),
+        ("CCE-RM_2", "ADV-EN_2", "transferability_T", -1,
+         '"the transferability metric T for CCE-RM is 33.7% which is much smaller than those for '
+         "ADP and ADV-EN (59.3% and 65.5%) ... the adversarial examples ... in our method are more "
+         'transferable" (Ch. 4, Table 6; l. 2084): CCE-RM\'s T is SMALLER (more transfer), and '
+         '"transferability is not the only factor for improving the robustness"', -31.8),
+        ("CCE-RM_2 (release)", "ADV-EN_2", "a_rob", +1,
+         "the CCE-RM_2 claim for the released code's crossing terms", 5.0),
+    ],
+}
+
+# TA-MOO
 TAMOO_VICTIMS = [
-    study.Method("MLP", "adt_standard_fmnist", {"model": dict(name="mlp", hidden=(256, 256))}),
-    study.Method("CNN-4C3F", "adt_standard_fmnist"),
-    study.Method("Madry-CNN", "adt_standard_fmnist",
-                 {"model": dict(name="madry_cnn", widths=(16, 32), fc_width=256)}),
-    study.Method("ResNet-8", "adt_standard_fmnist",
-                 {"model": dict(name="resnet20", blocks_per_stage=1, mean=None, std=None)}),
+    ("CNN-4C3F(32)", {}),
+    ("Madry-CNN", {"model": dict(name="madry_cnn", widths=(16, 32), fc_width=256)}),
+    ("MLP", {"model": dict(name="mlp", hidden=(256, 256))}),
+    ("ResNet-8", {"model": dict(name="resnet20", blocks_per_stage=1, mean=None, std=None)}),
 ]
-SINGLE_VICTIM = "CNN-4C3F"
+SINGLE_VICTIM = "CNN-4C3F(32)"
 WEIGHTINGS = ("uniform", "minmax", "moo", "tamoo")
 WEIGHTING_NAMES = {"uniform": "Uniform", "minmax": "MinMax", "moo": "MOO", "tamoo": "TA-MOO"}
-UNI_GROUP_SIZES = (4, 8, 12, 20)
-UNI_CALIBRATION_K = 12
-EPS_GRID = (0.005, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1)
-CALIBRATION_TARGET = 0.5
+UNI_GROUP_SIZES = (4, 8, 12, 16, 20)
+TAMOO_CLAIMS = [
+    # (setting column, metric, winner, loser, quote, thesis effect in points)
+    ("ens", "a_all", "tamoo", "uniform",
+     "ENS, Table 1 (CIFAR-10, CE): TA-MOO 38.01 vs Uniform 28.21 A-All; \"TA-MOO significantly "
+     "outperforms the baselines and achieves the best performance in all the settings\" (l. 2651)",
+     9.8),
+    ("ens", "a_all", "tamoo", "minmax", "ENS, Table 1: TA-MOO 38.01 vs MinMax 35.75 A-All", 2.26),
+    ("ens", "a_all", "tamoo", "moo", "ENS, Table 1: TA-MOO 38.01 vs MOO 25.16 A-All", 12.85),
+    ("uni K=4", "a_avg", "minmax", "tamoo",
+     "UNI, Table 5 (A-Avg only, l. 2700-2711): \"with a small number of tasks (i.e., K=4), MOO and "
+     "TA-MOO achieve lower performance than the MinMax method\": MinMax 50.13 vs TA-MOO 48.00",
+     2.13),
+    ("uni K=8", "a_avg", "tamoo", "moo",
+     "UNI, Table 5: \"with a large number of tasks (i.e., K >= 8), MOO and TA-MOO ... achieve the "
+     "best performance\"; K = 8: TA-MOO 39.31, MOO 35.92, MinMax 33.68, Uniform 30.34", 3.39),
+    ("uni K=20", "a_avg", "tamoo", "uniform", "UNI, Table 5, K = 20: TA-MOO 30.12 vs Uniform 24.31",
+     5.81),
+    ("eot", "a_all", "tamoo", "minmax",
+     "EoT, Table 6 (deterministic, CIFAR-10): TA-MOO 31.10 vs MinMax 30.54 A-All (l. 2716-2729)",
+     0.56),
+    ("eot", "a_all", "tamoo", "uniform", "EoT, Table 6: TA-MOO 31.10 vs Uniform 25.98 A-All", 5.12),
+]
+
+
+def seed_label(label, seed):
+    return f"{label} s{seed}"
+
+
+def methods(part, args):
+    return [study.Method(seed_label(label, s), config, {**overrides, "seed": s})
+            for label, config, overrides in ROWS[part]
+            if not args.only or label in args.only for s in args.seeds]
+
+
+def common_overrides(part, args):
+    common = {"data.train_limit": args.train_limit, "eval.limit": 500}
+    if args.epochs:
+        common["train.epochs"] = args.epochs
+        if part == "adr":  # keep the x0.1 steps at the same fractions of training
+            common["optim.decay_epochs"] = tuple(
+                max(1, round(e * args.epochs / THESIS_EPOCHS)) for e in ADR_DECAY_EPOCHS)
+    return common
+
+
+def eval_attacks():
+    from advjax.config import thesis_fmnist_base
+    return [dict(a) for a in thesis_fmnist_base(EPS).eval.attacks]
 
 
 def write_md(part, lines, argv, wall):
@@ -125,17 +217,12 @@ def test_images(n, offset=0):
 
 
 # ------------------------------------------------------------------------------------------------
-# Part 1: ADR / ASCL
+# Per-run extras: R-DIV (adr, ascl); members, transfer matrix and subsets (cce)
 # ------------------------------------------------------------------------------------------------
 
-def adr_attacks():
-    out = [dict(name="pgd", label=f"linf-{e}", eps=e, step_size=e / 4, steps=20) for e in LINF_EPS]
-    out.append(dict(name="pgd", label="pgd-100", eps=EPS, step_size=EPS / 4, steps=100))
-    return out
-
-
-def r_div(config, workdir, n, batch_size=500, seed=2):
-    """R-DIV of the features of the first n test images and their PGD-20 (eps 0.1) examples."""
+def r_div(config, workdir, n, batch_size=128, seed=2):
+    """R-DIV as the thesis computes it (Ch. 3, App. B): d_a^+, d_a^- of the latent features on
+    mini-batches of 128 natural test images and their PGD-40 (step 0.01) examples, averaged."""
     import jax
     import jax.numpy as jnp
     from advjax import attacks
@@ -143,84 +230,24 @@ def r_div(config, workdir, n, batch_size=500, seed=2):
     model, variables = restore_variables(config, workdir)
     logits_fn = lambda v: model.apply(variables, v, train=False)
     features = jax.jit(lambda v: model.apply(variables, v, train=False, return_features=True)[1])
-    pgd = jax.jit(lambda v, t, k: attacks.pgd(logits_fn, v, t, key=k, eps=EPS,
-                                              step_size=EPS / 4, steps=20))
+    pgd = jax.jit(lambda v, t, k: attacks.pgd(logits_fn, v, t, key=k, eps=EPS, step_size=0.01,
+                                              steps=40))
     x, y = test_images(n)
     z_nat, z_adv = [], []
-    for i, start in enumerate(range(0, n, batch_size)):
-        xb, yb = jnp.asarray(x[start:start + batch_size]), jnp.asarray(y[start:start + batch_size])
+    for i, start in enumerate(range(0, n, 500)):
+        xb, yb = jnp.asarray(x[start:start + 500]), jnp.asarray(y[start:start + 500])
         x_adv = pgd(xb, yb, jax.random.fold_in(jax.random.PRNGKey(seed), i))
         z_nat.append(features(xb).reshape(xb.shape[0], -1))
         z_adv.append(features(x_adv).reshape(xb.shape[0], -1))
-    return float(ascl.relative_divergence(jnp.concatenate(z_nat), jnp.concatenate(z_adv),
-                                          jnp.asarray(y)))
+    r, d_pos, d_neg = ascl.batched_relative_divergence(
+        jnp.concatenate(z_nat), jnp.concatenate(z_adv), jnp.asarray(y), batch_size=batch_size)
+    return {"r_div": float(r), "d_pos": float(d_pos), "d_neg": float(d_neg), "r_div_n": n}
 
-
-def part_adr(args, argv):
-    t0 = time.time()
-    common = {"data.train_limit": args.train_limit, "train.epochs": args.epochs, "eval.limit": 500}
-    workdir_root = os.path.join(args.workdir, "adr")
-    results = study.run(HERE, ADR_METHODS, common=common, attacks=adr_attacks(), n=args.n,
-                        a_rob_over=("linf-0.1", "pgd-100"), workdir_root=workdir_root,
-                        only=args.only, results_file="results_adr.json",
-                        per_example_file="per_example_adr.npz")
-    path = os.path.join(HERE, "results_adr.json")
-    for m in ADR_METHODS:
-        r = results.get(m.label)
-        if r is None or r.get("r_div_n") == args.n:
-            continue
-        config, workdir, _ = study.train(m, common, workdir_root)
-        r["r_div"], r["r_div_n"] = r_div(config, workdir, args.n), args.n
-        print(f"[{m.label}] R-DIV = {r['r_div']:.4f}", flush=True)
-        study.save_results(path, results)
-    labels = [m.label for m in ADR_METHODS]
-    cols = ["clean", *[f"attack/linf-{e}" for e in LINF_EPS], "attack/pgd-100", "a_rob"]
-    lines = [f"n = {args.n} test images; accuracy in %; linf PGD-20 (step eps/4, random start) at "
-             "each eps, PGD-100 at the training eps 0.1; A_rob = worst case over clean, PGD-20 and "
-             "PGD-100 at 0.1. R-DIV = d+ / d- (lower = more compact same-class, natural + "
-             "PGD-20-adversarial latent features; `ascl.relative_divergence`, Global sets).", "",
-             study.markdown_table(results, labels, cols), "", "| method | R-DIV |", "|---|---:|"]
-    lines += [f"| {lab} | {results[lab]['r_div']:.4f} |" for lab in labels
-              if "r_div" in results.get(lab, {})]
-    lines += ["", "## Training: last logged metrics", ""]
-    for lab in labels:
-        r = results.get(lab)
-        if r:
-            keep = {k: round(v, 4) for k, v in r["last_logged_metrics"].items()
-                    if isinstance(v, (int, float))}
-            lines.append(f"- {lab}: {keep}; train {r['train_seconds']:.0f} s")
-    plot_accuracy_vs_eps(results, labels)
-    write_md("adr", lines, argv, time.time() - t0)
-
-
-def plot_accuracy_vs_eps(results, labels):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for label in labels:
-        r = results.get(label)
-        if r:
-            ax.plot((0,) + LINF_EPS,
-                    [100 * r["clean"]] + [100 * r[f"attack/linf-{e}"] for e in LINF_EPS],
-                    marker="o", label=label,
-                    linestyle="--" if label in ("PGD-AT", "TRADES") else "-")
-    ax.axvline(EPS, color="gray", linewidth=1, linestyle=":", label="training eps")
-    ax.set_xlabel("attack eps (linf PGD-20)")
-    ax.set_ylabel("accuracy (%)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(os.path.join(HERE, "accuracy_vs_eps_adr.png"), dpi=120)
-    plt.close(fig)
-
-
-# ------------------------------------------------------------------------------------------------
-# Part 2: CCE
-# ------------------------------------------------------------------------------------------------
 
 def member_metrics(config, workdir, n, batch_size=500, seed=3):
-    """Per-member clean accuracy and the PGD-20 transfer matrix (accuracies over the first n)."""
+    """Members' clean accuracy, the transfer matrix a(i, j) (member j on PGD-20 examples, step
+    eps / 4, against member i; Table 6's attack), T, and the subsets S_11 .. S_00 of Table 6 for the
+    PGD-20 examples against the ensemble (S_10: member 1 right, member 2 wrong)."""
     import functools
 
     import jax
@@ -233,153 +260,274 @@ def member_metrics(config, workdir, n, batch_size=500, seed=3):
     fns = cce.ensemble_member_fns(model.apply, variables, members)
     attack = functools.partial(attacks.pgd, eps=EPS, step_size=EPS / 4, steps=20)
     matrix_fn = jax.jit(lambda v, t, k: cce.transfer_accuracy_matrix(fns, attack, v, t, key=k))
-    clean_fn = jax.jit(lambda v, t: jnp.stack([jnp.sum(jnp.argmax(f(v), -1) == t) for f in fns]))
+    ens = lambda v: model.apply(variables, v, train=False)
+
+    def subsets(v, t, k):
+        x_en = attack(ens, v, t, key=k)
+        right = jnp.stack([jnp.argmax(f(x_en), -1) == t for f in fns[:2]])
+        en_right = jnp.argmax(ens(x_en), -1) == t
+        clean = jnp.stack([jnp.sum(jnp.argmax(f(v), -1) == t) for f in fns])
+        return (jnp.stack([jnp.sum(right[0] & right[1]), jnp.sum(right[0] & ~right[1]),
+                           jnp.sum(~right[0] & right[1]), jnp.sum(~right[0] & ~right[1])]),
+                jnp.sum(en_right), clean)
+
+    subsets = jax.jit(subsets)
     x, y = test_images(n)
-    matrix, clean = np.zeros((members, members)), np.zeros(members)
+    matrix, clean, cells, en = np.zeros((members, members)), np.zeros(members), np.zeros(4), 0.0
     for i, start in enumerate(range(0, n, batch_size)):
         xb, yb = jnp.asarray(x[start:start + batch_size]), jnp.asarray(y[start:start + batch_size])
-        matrix += np.asarray(matrix_fn(xb, yb, jax.random.fold_in(jax.random.PRNGKey(seed), i)))\
-            * xb.shape[0]
-        clean += np.asarray(clean_fn(xb, yb))
-    matrix, clean = matrix / n, clean / n
-    return {"member_clean": clean.tolist(), "member_pgd20": np.diag(matrix).tolist(),
+        k = jax.random.fold_in(jax.random.PRNGKey(seed), i)
+        matrix += np.asarray(matrix_fn(xb, yb, k)) * xb.shape[0]
+        s, e, c = subsets(xb, yb, jax.random.fold_in(k, 1))
+        cells += np.asarray(s)
+        en += float(e)
+        clean += np.asarray(c)
+    matrix = matrix / n
+    return {"member_clean": (clean / n).tolist(), "member_pgd20": np.diag(matrix).tolist(),
             "transfer_matrix": matrix.tolist(),
-            "transferability_T": float(cce.transferability(jnp.asarray(matrix)))}
+            "transferability_T": float(cce.transferability(jnp.asarray(matrix))),
+            "a_en_en_pgd20": en / n, "subsets_S11_S10_S01_S00": (cells / n).tolist(),
+            "members_n": n}
 
 
-def part_cce(args, argv):
+# ------------------------------------------------------------------------------------------------
+# Training parts (adr, ascl, cce)
+# ------------------------------------------------------------------------------------------------
+
+def part_training(part, args, argv):
     t0 = time.time()
-    common = {"data.train_limit": args.cce_train_limit, "train.epochs": args.cce_epochs,
-              "eval.limit": 500}
-    attacks = [dict(name="pgd", label="pgd-20", eps=EPS, step_size=EPS / 4, steps=20)]
-    workdir_root = os.path.join(args.workdir, "cce")
-    results = study.run(HERE, CCE_METHODS, common=common, attacks=attacks, n=args.n,
-                        workdir_root=workdir_root, only=args.only, results_file="results_cce.json",
-                        per_example_file="per_example_cce.npz")
-    path = os.path.join(HERE, "results_cce.json")
-    for m in CCE_METHODS:
-        r = results.get(m.label)
-        if r is None or r.get("members_n") == args.n:
-            continue
-        config, workdir, _ = study.train(m, common, workdir_root)
-        r.update(member_metrics(config, workdir, args.n), members_n=args.n)
-        print(f"[{m.label}] members {r['member_clean']} / {r['member_pgd20']}, "
-              f"T = {r['transferability_T']:.4f}", flush=True)
-        study.save_results(path, results)
-    labels = [m.label for m in CCE_METHODS]
-    lines = [f"n = {args.n} test images; accuracy in %; PGD-20 = linf eps 0.1, step eps/4, random "
-             "start, against the ensemble (log of the mean member probability) or, for a member, "
-             "against that member. a(i, j) = accuracy of member j on PGD-20 examples made against "
-             "member i; T = a(1,2) - a(1,1) + a(2,1) - a(2,2) (Table 6; small T = high transfer). "
-             "CCE-Base (l_pm = l_dm = 0) is independent PGD-AT of each member.", "",
-             study.markdown_table(results, labels, ["clean", "attack/pgd-20"]), "",
-             "| method | member 1 clean | member 2 clean | member 1 PGD-20 | member 2 PGD-20 | "
-             "a(1,2) | a(2,1) | T |", "|---" + "|---:" * 7 + "|"]
-    for lab in labels:
-        r = results.get(lab)
-        if r and "transfer_matrix" in r:
-            a = r["transfer_matrix"]
-            cells = [*r["member_clean"], *r["member_pgd20"], a[0][1], a[1][0]]
-            lines.append(f"| {lab} | " + " | ".join(f"{100 * c:.2f}" for c in cells)
-                         + f" | {100 * r['transferability_T']:.2f} |")
-    lines += ["", "(T in percentage points.)"]
-    plot_transfer(results, labels)
-    write_md("cce", lines, argv, time.time() - t0)
+    common = common_overrides(part, args)
+    workdir_root = os.path.join(args.workdir, part)
+    attacks = eval_attacks()
+    labels = [a["label"] for a in attacks]
+    ms = methods(part, args)
+    results_path = os.path.join(HERE, f"results_{part}.json")
+    if not args.report:
+        results = study.run(HERE, ms, common=common, attacks=attacks, n=args.n,
+                            a_rob_over=labels, workdir_root=workdir_root,
+                            results_file=f"results_{part}.json",
+                            per_example_file=f"per_example_{part}.npz")
+        for m in ms:
+            r = results.get(m.label)
+            if r is None:
+                continue
+            extra = r_div if part in ("adr", "ascl") else member_metrics
+            key = "r_div_n" if part in ("adr", "ascl") else "members_n"
+            if r.get(key) == args.n:
+                continue
+            config, workdir, _ = study.train(m, common, workdir_root)
+            r.update(extra(config, workdir, args.n))
+            print(f"[{m.label}] " + ", ".join(f"{k}={v}" for k, v in r.items()
+                                              if k in ("r_div", "transferability_T")), flush=True)
+            study.save_results(results_path, results)
+    results = study.load_results(results_path)
+    lines = report_training(part, results, args, labels)
+    write_md(part, lines, argv, time.time() - t0)
 
 
-def plot_transfer(results, labels):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def _per_seed(results, label, seeds, metric):
+    out = {}
+    for s in seeds:
+        r = results.get(seed_label(label, s))
+        if r is not None and metric in r:
+            out[s] = r[metric]
+    return out
+
+
+def collapsed(r):
+    return r.get("clean", 1.0) < COLLAPSE_CLEAN
+
+
+def report_training(part, results, args, attack_labels):
+    """Markdown: per-method means over seeds, per-seed rows, the claims with paired tests."""
     import numpy as np
-    shown = [lab for lab in labels if "transfer_matrix" in results.get(lab, {})]
-    if not shown:
-        return
-    fig, axes = plt.subplots(1, len(shown), figsize=(3.6 * len(shown), 3.4), squeeze=False)
-    for ax, lab in zip(axes[0], shown):
-        a = 100 * np.asarray(results[lab]["transfer_matrix"])
-        ax.imshow(a, cmap="viridis", vmin=0, vmax=100)
-        for i in range(a.shape[0]):
-            for j in range(a.shape[1]):
-                ax.text(j, i, f"{a[i, j]:.1f}", ha="center", va="center", color="white")
-        ax.set_xticks(range(a.shape[1]), [f"member {j + 1}" for j in range(a.shape[1])])
-        ax.set_yticks(range(a.shape[0]), [f"attack {i + 1}" for i in range(a.shape[0])])
-        ax.set_title(f"{lab}\nT = {100 * results[lab]['transferability_T']:.1f}", fontsize=8)
-    fig.suptitle("accuracy (%) of member j on PGD-20 examples against member i", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(os.path.join(HERE, "transfer_cce.png"), dpi=120)
-    plt.close(fig)
+    import stats  # experiments/stats.py (McNemar, seed differences, detectable difference)
+    per_example_path = os.path.join(HERE, f"per_example_{part}.npz")
+    per_example = dict(np.load(per_example_path)) if os.path.exists(per_example_path) else {}
+    seeds = sorted({int(k.rsplit(" s", 1)[1]) for k in results if " s" in k})
+    metrics = ["clean", *[f"attack/{a}" for a in attack_labels], "a_rob"]
+    extra = ["r_div"] if part in ("adr", "ascl") else ["transferability_T", "a_en_en_pgd20"]
+    lines = [f"Fashion-MNIST, first {args.n} test images, linf eps {EPS}; accuracy in % (mean +- sd "
+             "over seeds; n_seeds in brackets). A_rob = per-example worst case over clean and "
+             f"{', '.join(attack_labels)}. Runs with clean accuracy below "
+             f"{100 * COLLAPSE_CLEAN:.0f}% are marked collapsed and left out of every mean and test.",
+             "", "| method | " + " | ".join(m.replace("attack/", "") for m in metrics + extra)
+             + " | s/epoch |", "|---" + "|---:" * (len(metrics) + len(extra) + 1) + "|"]
+    collapsed_runs = []
+    for label, _, _ in ROWS[part]:
+        runs = [results[seed_label(label, s)] for s in seeds if seed_label(label, s) in results]
+        collapsed_runs += [seed_label(label, s) for s in seeds
+                           if seed_label(label, s) in results
+                           and collapsed(results[seed_label(label, s)])]
+        runs = [r for r in runs if not collapsed(r)]
+        if not runs:
+            continue
+        cells = []
+        for m in metrics + extra:
+            vals = [r[m] for r in runs if m in r]
+            scale, digits = (1, 3) if m == "r_div" else (100, 2)
+            cells.append(f"{scale * np.mean(vals):.{digits}f} +- "
+                         f"{scale * np.std(vals, ddof=1):.{digits}f} [{len(vals)}]"
+                         if len(vals) > 1 else
+                         (f"{scale * vals[0]:.{digits}f} [1]" if vals else ""))
+        cells.append(f"{np.mean([r['seconds_per_epoch'] for r in runs]):.0f}")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    if collapsed_runs:
+        lines += ["", "Collapsed (to be fixed and rerun, not reported): " + ", ".join(collapsed_runs)]
+    lines += ["", "## Claims", "",
+              "Paired per seed: McNemar on the per-example correctness (the metric's column; A_rob "
+              "= worst case), b = method right and baseline wrong, c = the reverse; the detectable "
+              "difference is the smallest accuracy gap a test of this n and discordance finds with "
+              "power 0.8 at alpha 0.05. Across seeds: the mean difference with its 95% interval "
+              "(`stats.seed_difference`). Verdict: reproduced / contradicted when the seed interval "
+              "excludes 0 in / against the claimed direction, else inconclusive at this budget.", ""]
+    for method, baseline, metric, direction, quote, effect in CLAIMS[part]:
+        a = {s: v for s, v in _per_seed(results, method, seeds, metric).items()
+             if not collapsed(results[seed_label(method, s)])}
+        b = {s: v for s, v in _per_seed(results, baseline, seeds, metric).items()
+             if not collapsed(results[seed_label(baseline, s)])}
+        common_seeds = sorted(set(a) & set(b))
+        lines.append(f"### {method} vs {baseline} ({metric})")
+        lines += ["", f"Thesis: {quote}." + (f" Thesis effect: {effect:+.2f} points." if effect
+                                              else ""), ""]
+        if len(common_seeds) < 2:
+            lines += ["Not enough healthy seeds for a seed interval.", ""]
+            continue
+        scale = 1 if metric in ("r_div",) else 100
+        diff = stats.seed_difference([scale * a[s] for s in common_seeds],
+                                     [scale * b[s] for s in common_seeds])
+        lo, hi = diff["ci95"]
+        per_example_key = {"a_rob": None, "clean": "clean"}.get(metric, "skip")
+        for s in common_seeds:
+            if per_example_key == "skip":
+                break
+            ca, cb = _correct(per_example, seed_label(method, s), attack_labels, per_example_key), \
+                _correct(per_example, seed_label(baseline, s), attack_labels, per_example_key)
+            if ca is None or cb is None:
+                continue
+            t = stats.mcnemar(ca, cb)
+            p_disc = (t["b"] + t["c"]) / len(ca)
+            dd = stats.detectable_difference(len(ca), p_disc)
+            lines.append(f"- seed {s}: {scale * a[s]:.2f} vs {scale * b[s]:.2f}; McNemar b = "
+                         f"{t['b']}, c = {t['c']}, p = {t['p']:.3g}; detectable difference "
+                         f"{100 * dd:.2f} points")
+        if per_example_key == "skip":
+            lines.append("- per seed: " + ", ".join(f"seed {s}: {scale * a[s]:.3f} vs "
+                                                    f"{scale * b[s]:.3f}" for s in common_seeds))
+        verdict = "inconclusive at this budget"
+        if direction and (lo > 0 or hi < 0):
+            verdict = "reproduced" if (lo > 0) == (direction > 0) else "contradicted"
+        elif not direction:
+            verdict = ("no loss (interval includes 0)" if lo <= 0 <= hi else
+                       ("a loss" if hi < 0 else "a gain"))
+        lines += [f"- across {len(common_seeds)} seeds: mean difference {diff['mean']:+.2f} "
+                  f"(95% interval {lo:+.2f} .. {hi:+.2f}) -> **{verdict}**", ""]
+    return lines
+
+
+def _correct(per_example, label, attack_labels, key):
+    """Per-example correctness of a run: `key` ("clean") or, for None, the A_rob worst case."""
+    import numpy as np
+    cols = ["clean"] if key == "clean" else ["clean", *attack_labels]
+    arrays = [per_example.get(f"{label}|{c}") for c in cols]
+    if any(a is None for a in arrays):
+        return None
+    return np.all(np.stack(arrays), axis=0)
 
 
 # ------------------------------------------------------------------------------------------------
-# Part 3: TA-MOO
+# TA-MOO
 # ------------------------------------------------------------------------------------------------
 
-class TamooSettings:
-    """The jitted attacks and success matrices of the three settings (eps is a traced argument, so
-    one compilation per weighting and setting serves the calibration grid too)."""
-
-    def __init__(self, victims, steps, eot_draws):
-        import jax
-        from advjax.attacks import tamoo
-        self.tamoo, self.steps, self.eot_draws = tamoo, steps, eot_draws
-        self.members = [victims[m.label] for m in TAMOO_VICTIMS]
-        self.single = victims[SINGLE_VICTIM]
-        self._cache = {}
-        self.jax = jax
-
-    def _compiled(self, name, make):
-        if name not in self._cache:
-            self._cache[name] = self.jax.jit(make())
-        return self._cache[name]
-
-    def attack(self, setting, weighting, x, y, eps, key, group_size=None):
-        t = self.tamoo
-        kw = dict(steps=self.steps, weighting=weighting)
-        if setting == "ens":
-            fn = self._compiled(("ens", weighting), lambda: lambda x, y, e, k: t.tamoo_ens(
-                self.members, x, y, key=k, eps=e, step_size=e / 4, loss="ce", **kw))
-        elif setting == "uni":
-            fn = self._compiled(("uni", weighting, group_size), lambda: lambda x, y, e, k:
-                                t.tamoo_uni(self.single, x, y, key=k, eps=e, step_size=e / 4,
-                                            group_size=group_size, loss="cw", **kw))
-        else:
-            stochastic = setting == "eot_stochastic"
-            fn = self._compiled((setting, weighting), lambda: lambda x, y, e, k: t.tamoo_eot(
-                self.single, x, y, key=k, eps=e, step_size=e / 4, loss="cw",
-                stochastic=stochastic, **kw))
-        return fn(x, y, eps, key)
-
-    def scores(self, setting, x_adv, y, group_size=None, key=None):
-        """(A-All, A-Avg) of x_adv; stochastic EoT: means over eot_draws draws."""
-        import numpy as np
-        t = self.tamoo
-        if setting == "ens":
-            success = [t.ens_success(self.members, x_adv, y)]
-        elif setting == "uni":
-            success = [t.uni_success(self.single, x_adv, y, group_size)]
-        elif setting == "eot":
-            success = [t.eot_success(self.single, x_adv, y)]
-        else:
-            draw = self._compiled("eot_draw", lambda: lambda v, t_, k: t.eot_success(
-                self.single, v, t_, stochastic_key=k))
-            success = [draw(x_adv, y, self.jax.random.fold_in(key, d))
-                       for d in range(self.eot_draws)]
-        return (float(np.mean([t.a_all(s) for s in success])),
-                float(np.mean([t.a_avg(s) for s in success])))
+def tamoo_victims(args):
+    """Trains (or restores) the PGD-AT victims; returns {label: logits_fn}."""
+    common = {"data.train_limit": args.train_limit, "eval.limit": 500,
+              "train.epochs": args.tamoo_epochs}
+    root = os.path.join(args.workdir, "tamoo")
+    victims, info = {}, {}
+    for label, overrides in TAMOO_VICTIMS:
+        m = study.Method(label, "tamoo_victim_fmnist", overrides)
+        config, workdir, tinfo = study.train(m, common, root)
+        model, variables = restore_variables(config, workdir)
+        victims[label] = (lambda v, model=model, variables=variables:
+                          model.apply(variables, v, train=False))
+        info[label] = {"train_seconds": tinfo["train_seconds"], "epochs": tinfo["epochs"]}
+    return victims, info
 
 
-def calibrate(settings, setting, x, y, key, group_size=None):
-    """Uniform's score over EPS_GRID (ascending, stopping at the target); returns (eps, curve)."""
-    curve = {}
-    for eps in EPS_GRID:
-        x_adv = settings.attack(setting, "uniform", x, y, eps, key, group_size)
-        a_all, a_avg = settings.scores(setting, x_adv, y, group_size, key)
-        curve[eps] = a_avg if setting == "uni" else a_all
-        print(f"  calibrate {setting}: eps {eps} -> {100 * curve[eps]:.1f} %", flush=True)
-        if curve[eps] >= CALIBRATION_TARGET:
-            return eps, curve
-    return min(curve, key=lambda e: abs(curve[e] - CALIBRATION_TARGET)), curve
+def tamoo_cells(args):
+    """[(variant, setting column, setting, K or None, weighting)] in run order."""
+    cols = [("ens", "ens", None)] + [(f"uni K={k}", "uni", k) for k in UNI_GROUP_SIZES] + \
+        [("eot", "eot", None)] + ([("eot stochastic", "eot", None)] if args.stochastic_eot else [])
+    return [(variant, col, setting, k, w) for variant in args.tamoo_variants
+            for col, setting, k in cols for w in WEIGHTINGS]
+
+
+def tamoo_attack_fn(victims, variant, col, setting, k, weighting, steps=None):
+    """A jitted (x, y, key) -> x_adv for one cell, and the cell's settings (for the record);
+    `steps` overrides the settings' step count (budget slices)."""
+    import jax
+    from advjax import attacks
+    from advjax.attacks import tamoo
+    kw = tamoo.settings(setting, weighting, EPS, variant)
+    if steps:
+        kw = dict(kw, steps=steps)
+    members = [victims[label] for label, _ in TAMOO_VICTIMS]
+    single = victims[SINGLE_VICTIM]
+    if setting == "ens" and variant == "release" and weighting == "uniform" and \
+            tamoo.RELEASE_ENS_UNIFORM_ATTACKS_ENSEMBLE_OUTPUT:
+        def ens_out(v):  # log of the summed member probabilities (CE is shift-invariant)
+            return jax.nn.logsumexp(jax.numpy.stack(
+                [jax.nn.log_softmax(f(v), -1) for f in members]), axis=0)
+        fn = lambda x, y, key: attacks.pgd(ens_out, x, y, key=key, eps=EPS,
+                                           step_size=kw["step_size"], steps=kw["steps"],
+                                           loss=kw["loss"])
+        return jax.jit(fn), dict(kw, attack="PGD on the ensemble output (the release's Uniform)")
+    if setting == "ens":
+        fn = lambda x, y, key: tamoo.tamoo_ens(members, x, y, key=key, eps=EPS, **kw)
+    elif setting == "uni":
+        fn = lambda x, y, key: tamoo.tamoo_uni(single, x, y, key=key, eps=EPS, group_size=k, **kw)
+    else:
+        stochastic = col == "eot stochastic"
+        fn = lambda x, y, key: tamoo.tamoo_eot(single, x, y, key=key, eps=EPS,
+                                               stochastic=stochastic, **kw)
+    return jax.jit(fn), kw
+
+
+def tamoo_success(victims, col, setting, k, x_adv, y, key, draws):
+    import numpy as np
+    from advjax.attacks import tamoo
+    members = [victims[label] for label, _ in TAMOO_VICTIMS]
+    single = victims[SINGLE_VICTIM]
+    if setting == "ens":
+        return np.asarray(tamoo.ens_success(members, x_adv, y))
+    if setting == "uni":
+        return np.asarray(tamoo.uni_success(single, x_adv, y, k))
+    if col == "eot":
+        return np.asarray(tamoo.eot_success(single, x_adv, y))
+    # stochastic EoT: a task counts as achieved when it is in the majority of `draws` draws
+    import jax
+    votes = sum(np.asarray(tamoo.eot_success(single, x_adv, y,
+                                              stochastic_key=jax.random.fold_in(key, d)))
+                for d in range(draws))
+    return votes * 2 > draws
+
+
+def interval(successes):
+    """(A-All, A-Avg) with 95% intervals: Wilson for A-All over problems, normal over the problems'
+    mean success for A-Avg."""
+    import numpy as np
+    p = successes.shape[0]
+    allp = float(np.mean(np.all(successes, axis=1)))
+    z = 1.959964
+    centre = (allp + z * z / (2 * p)) / (1 + z * z / p)
+    half = z * math.sqrt(allp * (1 - allp) / p + z * z / (4 * p * p)) / (1 + z * z / p)
+    per_problem = np.mean(successes, axis=1)
+    avg = float(np.mean(per_problem))
+    se = float(np.std(per_problem, ddof=1) / math.sqrt(p)) if p > 1 else 0.0
+    return {"a_all": allp, "a_all_ci95": [max(0.0, centre - half), min(1.0, centre + half)],
+            "a_avg": avg,
+            "a_avg_ci95": [avg - z * se, avg + z * se], "problems": p}
 
 
 def part_tamoo(args, argv):
@@ -387,149 +535,266 @@ def part_tamoo(args, argv):
     import jax.numpy as jnp
     import numpy as np
     t0 = time.time()
-    common = {"data.train_limit": args.tamoo_train_limit, "train.epochs": args.tamoo_epochs,
-              "eval.limit": 500}
-    workdir_root = os.path.join(args.workdir, "tamoo")
-    victims, victim_info = {}, {}
-    x_np, y_np = test_images(args.n_tamoo)
-    x, y = jnp.asarray(x_np), jnp.asarray(y_np)
-    for m in TAMOO_VICTIMS:
-        config, workdir, info = study.train(m, common, workdir_root)
-        model, variables = restore_variables(config, workdir)
-        victims[m.label] = lambda v, model=model, variables=variables: model.apply(
-            variables, v, train=False)
-        clean = float(jnp.mean(jnp.argmax(jax.jit(victims[m.label])(x), -1) == y))
-        victim_info[m.label] = {"clean": clean, "train_seconds": info["train_seconds"],
-                                "model": m.overrides.get("model", "cnn4c3f 16/32/128")}
-        print(f"[victim {m.label}] clean {100 * clean:.2f} % on {args.n_tamoo}", flush=True)
-    settings = TamooSettings(victims, args.tamoo_steps, args.eot_draws)
-    xc_np, yc_np = test_images(args.n_calibration, offset=args.n_tamoo)
-    xc, yc = jnp.asarray(xc_np), jnp.asarray(yc_np)
-    key = jax.random.PRNGKey(7)
-    given = {"ens": args.eps_ens, "uni": args.eps_uni, "eot": args.eps_eot}
-    eps, calibration = {}, {}
-    for setting, group in (("ens", None), ("uni", UNI_CALIBRATION_K), ("eot", None)):
-        if given[setting] is not None:
-            eps[setting] = given[setting]
-            continue
-        if setting == "uni":
-            usable = len(yc) - len(yc) % group
-            eps[setting], curve = calibrate(settings, setting, xc[:usable], yc[:usable], key, group)
-        else:
-            eps[setting], curve = calibrate(settings, setting, xc, yc, key)
-        calibration[setting] = {str(e): v for e, v in curve.items()}
-    eps["eot_stochastic"] = eps["eot"]
-    columns = [("ens", None), *[("uni", k) for k in UNI_GROUP_SIZES], ("eot", None),
-               ("eot_stochastic", None)]
-    if args.no_stochastic_eot:
-        columns.pop()
-    table = {}
-    for setting, group in columns:
-        col = setting if group is None else f"uni K={group}"
-        usable = args.n_tamoo - (args.n_tamoo % group if group else 0)
-        for weighting in WEIGHTINGS:
+    path = os.path.join(HERE, "results_tamoo.json")
+    pe_path = os.path.join(HERE, "per_example_tamoo.npz")
+    results = study.load_results(path)
+    per_problem = dict(np.load(pe_path)) if os.path.exists(pe_path) else {}
+    if not args.report:
+        victims, info = tamoo_victims(args)
+        results["victims"] = info
+        x_np, y_np = test_images(args.n)
+        clean = {label: float(np.mean(np.concatenate([
+            np.asarray(jnp.argmax(jax.jit(f)(jnp.asarray(x_np[i:i + 1000])), -1))
+            == y_np[i:i + 1000] for i in range(0, args.n, 1000)]))) for label, f in victims.items()}
+        results["victim_clean"] = clean
+        key = jax.random.PRNGKey(7)
+        cells = results.setdefault("cells", {})
+        for variant, col, setting, k, w in tamoo_cells(args):
+            name = f"{variant}|{col}|{w}"
+            fn, kw = tamoo_attack_fn(victims, variant, col, setting, k, w)
+            digest = study._digest([kw, args.n, args.eot_draws, EPS, args.tamoo_epochs,
+                                    args.train_limit])  # victims trained otherwise: recompute
+            if cells.get(name, {}).get("digest") == digest:
+                continue
             t1 = time.time()
-            x_adv = settings.attack(setting, weighting, x[:usable], y[:usable], eps[setting], key,
-                                    group)
-            a_all, a_avg = settings.scores(setting, x_adv, y[:usable], group, key)
-            table.setdefault(weighting, {})[col] = {"a_all": a_all, "a_avg": a_avg,
-                                                    "n": usable, "seconds": time.time() - t1}
-            print(f"[{col}] {weighting}: A-All {100 * a_all:.2f}, A-Avg {100 * a_avg:.2f} "
-                  f"({time.time() - t1:.0f} s)", flush=True)
-    results = {"victims": victim_info, "eps": eps, "calibration": calibration,
-               "steps": args.tamoo_steps, "step_size": "eps / 4", "n": args.n_tamoo,
-               "n_calibration": args.n_calibration, "eot_draws": args.eot_draws,
-               "table": table}
-    study.save_results(os.path.join(HERE, "results_tamoo.json"), results)
-    lines = tamoo_markdown(results, columns, args)
-    plot_uni(results)
-    write_md("tamoo", lines, argv, time.time() - t0)
+            usable = args.n - (args.n % k if k else 0)
+            batch = 500 - (500 % k if k else 0)
+            succ = []
+            for i, start in enumerate(range(0, usable, batch)):
+                xb = jnp.asarray(x_np[start:min(start + batch, usable)])
+                yb = jnp.asarray(y_np[start:min(start + batch, usable)])
+                kb = jax.random.fold_in(key, i)
+                x_adv = fn(xb, yb, kb)
+                succ.append(tamoo_success(victims, col, setting, k, x_adv, yb, kb,
+                                          args.eot_draws))
+            succ = np.concatenate(succ).astype(bool)
+            per_problem[name] = succ
+            cells[name] = {**interval(succ), "digest": digest, "seconds": time.time() - t1,
+                           "settings": {a: b for a, b in kw.items() if a != "weighting"}}
+            print(f"[{name}] A-All {100 * cells[name]['a_all']:.2f}, A-Avg "
+                  f"{100 * cells[name]['a_avg']:.2f} ({cells[name]['seconds']:.0f} s)", flush=True)
+            study.save_results(path, results)
+            np.savez_compressed(pe_path, **per_problem)
+    results = study.load_results(path)
+    write_md("tamoo", report_tamoo(results, per_problem, args), argv, time.time() - t0)
 
 
-def tamoo_markdown(results, columns, args):
-    eps = results["eps"]
-    lines = ["Victims (standard training, "
-             f"{args.tamoo_train_limit} images, {args.tamoo_epochs} epochs), clean accuracy on the "
-             f"first {args.n_tamoo} test images:", ""]
-    lines += [f"- {k}: {100 * v['clean']:.2f} % ({v['model']}; train {v['train_seconds']:.0f} s)"
-              for k, v in results["victims"].items()]
-    lines += ["", f"Attack: linf, {results['steps']} steps of eps/4, random start; TA-MOO lambda "
-              "100, eta_w 0.005, 10 inner steps; MinMax gamma 3, weight lr 0.01; ENS CE loss, UNI "
-              "and EoT C&W loss (App. C). Eps per setting: " +
-              ", ".join(f"{k} {v}" for k, v in eps.items()) + ".", "",
-              "Eps choice: calibrated on test images "
-              f"{args.n_tamoo}..{args.n_tamoo + args.n_calibration - 1} (disjoint from the "
-              f"evaluated ones) with the Uniform weighting: the smallest eps of {list(EPS_GRID)} "
-              f"at which Uniform's A-All (UNI: its A-Avg at K = {UNI_CALIBRATION_K}) reaches "
-              f"{100 * CALIBRATION_TARGET:.0f} %, else the grid eps closest to it. Stochastic EoT "
-              "uses the deterministic EoT eps. Calibration curves (eps: Uniform score):", ""]
-    for setting, curve in results["calibration"].items():
-        lines.append(f"- {setting}: "
-                     + ", ".join(f"{e}: {100 * v:.1f} %" for e, v in curve.items()))
-    if not results["calibration"]:
-        lines.append("- (eps given on the command line)")
-    names = [s if g is None else f"uni K={g}" for s, g in columns]
-    lines += ["", "A-All / A-Avg in % (rows: weightings). Stochastic EoT: the mean over "
-              f"{results['eot_draws']} fresh draws of the transformations.", "",
-              "| weighting | " + " | ".join(f"{c} A-All | {c} A-Avg" for c in names) + " |",
-              "|---" + "|---:" * (2 * len(names)) + "|"]
-    for w in WEIGHTINGS:
-        row = results["table"].get(w, {})
-        cells = [f"{100 * row[c][k]:.2f}" if c in row else "" for c in names
-                 for k in ("a_all", "a_avg")]
-        lines.append(f"| {WEIGHTING_NAMES[w]} | " + " | ".join(cells) + " |")
+def report_tamoo(results, per_problem, args):
+    import numpy as np
+    import stats
+    cells = results.get("cells", {})
+    cols = ["ens"] + [f"uni K={k}" for k in UNI_GROUP_SIZES] + ["eot"] + \
+        (["eot stochastic"] if args.stochastic_eot else [])
+    lines = [f"PGD-AT victims ({args.tamoo_epochs} epochs), clean accuracy on the first {args.n} "
+             "test images: " + ", ".join(f"{k} {100 * v:.2f}%" for k, v in
+                                         results.get("victim_clean", {}).items()) + ".",
+             f"Attacks at linf eps {EPS}, settings from `advjax.attacks.tamoo.settings` (thesis: "
+             "App. C; release: the authors' scripts). A-All / A-Avg in % with 95% intervals "
+             "(Wilson for A-All; normal over problems for A-Avg). UNI: A-Avg is the thesis' "
+             "metric (Table 5).", ""]
+    bad = [k for k, v in results.get("victim_clean", {}).items() if v < COLLAPSE_CLEAN]
+    if bad:
+        lines += [f"**Collapsed victims (clean accuracy below {100 * COLLAPSE_CLEAN:.0f}%): "
+                  f"{', '.join(bad)}. Fix and retrain them before reading any cell.**", ""]
+    for variant in args.tamoo_variants:
+        lines += [f"## Settings: {variant}", "",
+                  "| weighting | " + " | ".join(cols) + " |", "|---" + "|---:" * len(cols) + "|"]
+        for w in WEIGHTINGS:
+            row = []
+            for col in cols:
+                c = cells.get(f"{variant}|{col}|{w}")
+                if c is None:
+                    row.append("")
+                    continue
+                lo, hi = c["a_all_ci95"]
+                alo, ahi = c["a_avg_ci95"]
+                row.append(f"{100 * c['a_all']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}] / "
+                           f"{100 * c['a_avg']:.1f} [{100 * alo:.1f}, {100 * ahi:.1f}]")
+            lines.append(f"| {WEIGHTING_NAMES[w]} | " + " | ".join(row) + " |")
+        lines += ["", "(cells: A-All [95%] / A-Avg [95%])", "", "### Claims", ""]
+        for col, metric, win, lose, quote, effect in TAMOO_CLAIMS:
+            a, b = per_problem.get(f"{variant}|{col}|{win}"), per_problem.get(
+                f"{variant}|{col}|{lose}")
+            if a is None or b is None:
+                continue
+            if metric == "a_all":
+                sa, sb = np.all(a, axis=1), np.all(b, axis=1)
+                t = stats.mcnemar(sa, sb)
+                diff = 100 * (sa.mean() - sb.mean())
+                test = f"McNemar b = {t['b']}, c = {t['c']}, p = {t['p']:.3g}"
+                sig = t["p"] < 0.05
+            else:  # A-Avg: paired over problems (mean success per group), normal interval
+                d = a.mean(axis=1) - b.mean(axis=1)
+                diff = 100 * d.mean()
+                se = 100 * d.std(ddof=1) / math.sqrt(len(d))
+                test = (f"paired difference 95% interval {diff - 1.96 * se:+.2f} .. "
+                        f"{diff + 1.96 * se:+.2f}")
+                sig = abs(diff) > 1.96 * se
+            verdict = ("reproduced" if diff > 0 else "contradicted") if sig else \
+                "inconclusive at this budget"
+            lines.append(f"- {col} {metric}: {WEIGHTING_NAMES[win]} - {WEIGHTING_NAMES[lose]} = "
+                         f"{diff:+.2f} points ({test}) -> **{verdict}**. Thesis: {quote} "
+                         f"({effect:+.2f}).")
+        lines.append("")
     return lines
 
 
-def plot_uni(results):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    for w in WEIGHTINGS:
-        row = results["table"].get(w, {})
-        ks = [k for k in UNI_GROUP_SIZES if f"uni K={k}" in row]
-        ax.plot(ks, [100 * row[f"uni K={k}"]["a_avg"] for k in ks], marker="o",
-                label=WEIGHTING_NAMES[w])
-    ax.set_xlabel("group size K (images sharing one perturbation)")
-    ax.set_ylabel("A-Avg (%)")
-    ax.set_title(f"UNI on {SINGLE_VICTIM}, eps {results['eps']['uni']}", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(os.path.join(HERE, "uni_a_avg_vs_k.png"), dpi=120)
-    plt.close(fig)
+# ------------------------------------------------------------------------------------------------
+# Budget: one short slice of each method
+# ------------------------------------------------------------------------------------------------
+
+def time_slice(part, args):
+    """Seconds per training step (compilation excluded) of each method of `part`, s/epoch on all
+    60,000 images, and seconds per 1,000 test images of the evaluation (or, for tamoo, of each
+    attack cell); writes budget_<part>.json."""
+    import functools
+
+    import jax
+    import numpy as np
+    from flax import jax_utils
+    from advjax import data as data_lib
+    from advjax import train as train_lib
+    out = {"part": part, "steps": args.time_slice, "load_1min_before": os.getloadavg()[0]}
+    rows = ROWS.get(part, [])
+    if part == "tamoo":
+        rows = [(label, "tamoo_victim_fmnist", o) for label, o in TAMOO_VICTIMS]
+    x_np, y_np = test_images(500)
+    evaluated = False
+    for label, config_name, overrides in rows:
+        if args.only and label not in args.only:
+            continue
+        config = study.load_config(config_name, {**overrides, "train.progress": False})
+        bs = config.train.batch_size
+        config.data.train_limit = bs * (args.time_slice + 2)
+        dev = jax.local_devices()[:1]
+        b = train_lib.build(config, devices=dev)
+        state = train_lib.create_train_state(b["model"], b["objective"], b["tx"],
+                                             jax.random.PRNGKey(0), b["info"]["shape"])
+        step = jax.pmap(functools.partial(train_lib.train_step, objective=b["objective"],
+                                          base_key=jax.random.PRNGKey(1)),
+                        axis_name=train_lib.AXIS, devices=dev)
+        rstate = jax_utils.replicate(state, dev)
+        tx, ty = b["train"]
+        batches = [{"image": tx[i * bs:(i + 1) * bs][None], "label": ty[i * bs:(i + 1) * bs][None]}
+                   for i in range(args.time_slice + 2)]
+        t_compile = time.time()
+        for batch in batches[:2]:
+            rstate, m = step(rstate, batch)
+        jax.block_until_ready(m)
+        t_compile = time.time() - t_compile
+        t1, c1 = time.time(), time.process_time()
+        for batch in batches[2:]:
+            rstate, m = step(rstate, batch)
+        jax.block_until_ready(m)
+        per_step = (time.time() - t1) / args.time_slice
+        cpu_per_step = (time.process_time() - c1) / args.time_slice
+        steps_per_epoch = data_lib.num_batches(60000, bs, num_shards=1, drop_remainder=True)
+        # CPU seconds (all threads of this process) per step: what one unloaded core would take
+        # with --threads 1; wall seconds depend on the machine's load.
+        row = {"s_per_step": per_step, "s_per_epoch": per_step * steps_per_epoch,
+               "cpu_s_per_step": cpu_per_step, "cpu_s_per_epoch": cpu_per_step * steps_per_epoch,
+               "compile_s": t_compile, "batch": bs, "loss": float(np.asarray(m["loss"])[0])}
+        if part != "tamoo" and not evaluated and args.eval_slice:
+            # one network per part: the evaluation costs the same for every method of the part
+            row["eval_s_per_1000"], row["eval_cpu_s_per_1000"] = eval_slice(
+                config, b, jax_utils.unreplicate(rstate), x_np[:100], y_np[:100])
+            evaluated = True
+        out[label] = row
+        print(f"[{label}] {per_step:.2f} s/step wall, {cpu_per_step:.2f} CPU s/step, "
+              f"{row['cpu_s_per_epoch']:.0f} CPU s/epoch (batch {bs}; compile {t_compile:.0f} s)"
+              + (f", eval {row['eval_cpu_s_per_1000']:.0f} CPU s per 1000 test images"
+                 if "eval_s_per_1000" in row else ""), flush=True)
+    if part == "tamoo":
+        out["attacks"] = tamoo_attack_slice(args, x_np, y_np)
+    out["load_1min_after"] = os.getloadavg()[0]
+    with open(os.path.join(HERE, f"budget_{part}.json"), "w") as f:
+        json.dump(out, f, indent=1)
+    return out
+
+
+def eval_slice(config, b, state, x, y):
+    """(wall, CPU) seconds per 1,000 test images of the evaluation attacks (+ clean), on 100."""
+    import jax
+    from advjax import evaluate as evaluate_lib
+    from advjax import train as train_lib
+    logits_fn = train_lib.eval_logits_fn(b["eval_model"], state)
+    attacks = eval_attacks()
+    evaluate_lib.robust_accuracy(logits_fn, (x[:10], y[:10]), attacks, key=jax.random.PRNGKey(0),
+                                 batch_size=len(x))          # compiles at this batch size
+    t, c = time.time(), time.process_time()
+    evaluate_lib.robust_accuracy(logits_fn, (x, y), attacks, key=jax.random.PRNGKey(0),
+                                 batch_size=len(x))
+    return (time.time() - t) * 1000 / len(x), (time.process_time() - c) * 1000 / len(x)
+
+
+def tamoo_attack_slice(args, x_np, y_np, images=60, steps=3):
+    """Seconds per image and attack step of each (variant, setting, weighting), on untrained victims
+    of the study's architectures (the cost does not depend on the weights)."""
+    import jax
+    import jax.numpy as jnp
+    from advjax import models
+    from advjax.attacks import tamoo
+    victims = {}
+    for label, overrides in TAMOO_VICTIMS:
+        config = study.load_config("tamoo_victim_fmnist", overrides)
+        fields = {k: v for k, v in config.model.to_dict().items() if k != "name"}
+        model = models.get_model(config.model.name, **fields)
+        variables = models.init_variables(model, jax.random.PRNGKey(0), (28, 28, 1))
+        victims[label] = lambda v, model=model, variables=variables: model.apply(variables, v)
+    out = {}
+    x, y = jnp.asarray(x_np[:images]), jnp.asarray(y_np[:images])
+    for variant, col, setting, k, w in tamoo_cells(args):
+        if col not in ("ens", "uni K=4", "eot", "eot stochastic"):
+            continue  # the other UNI group sizes cost as K = 4 per image and step
+        fn, kw = tamoo_attack_fn(victims, variant, col, setting, k, w, steps=steps)
+        full_steps = tamoo.settings(setting, w, EPS, variant)["steps"]
+        fn(x, y, jax.random.PRNGKey(0)).block_until_ready()
+        t, c = time.time(), time.process_time()
+        fn(x, y, jax.random.PRNGKey(1)).block_until_ready()
+        per = (time.time() - t) / (images * steps)
+        cpu = (time.process_time() - c) / (images * steps)
+        out[f"{variant}|{col}|{w}"] = {"s_per_image_step": per, "cpu_s_per_image_step": cpu,
+                                        "steps": full_steps,
+                                        "cpu_s_per_1000_images": cpu * 1000 * full_steps}
+        print(f"[{variant}|{col}|{w}] {1000 * cpu:.2f} CPU ms per image-step; "
+              f"{cpu * 1000 * full_steps:.0f} CPU s per 1000 images at {full_steps} steps",
+              flush=True)
+    return out
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser()
-    p.add_argument("--part", choices=PARTS, action="append",
-                   help="repeatable; default: all three parts")
-    p.add_argument("--train-limit", type=int, default=15000)
-    p.add_argument("--epochs", type=int, default=4)
-    p.add_argument("--n", type=int, default=1000)
-    p.add_argument("--cce-train-limit", type=int, default=10000)
-    p.add_argument("--cce-epochs", type=int, default=3)
-    p.add_argument("--tamoo-train-limit", type=int, default=10000)
-    p.add_argument("--tamoo-epochs", type=int, default=2)
-    p.add_argument("--n-tamoo", type=int, default=500)
-    p.add_argument("--n-calibration", type=int, default=240,
-                   help="held-out test images for the eps calibration (a multiple of 4, 8, 12, 20 "
-                        "is best: 120, 240)")
-    p.add_argument("--tamoo-steps", type=int, default=50)
-    p.add_argument("--eot-draws", type=int, default=10)
-    p.add_argument("--eps-ens", type=float)
-    p.add_argument("--eps-uni", type=float)
-    p.add_argument("--eps-eot", type=float)
-    p.add_argument("--no-stochastic-eot", action="store_true")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--only", nargs="*", help="method labels of parts adr / cce")
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--part", choices=PARTS, action="append", required=True,
+                   help="repeatable; each part is one plan")
+    p.add_argument("--seeds", type=int, nargs="+", default=list(DEFAULT_SEEDS))
+    p.add_argument("--epochs", type=int, default=0,
+                   help="0: the thesis' 100; N: every run of the part for N epochs")
+    p.add_argument("--train-limit", type=int, default=0, help="0: all 60,000 training images")
+    p.add_argument("--n", type=int, default=10000, help="test images evaluated")
+    p.add_argument("--tamoo-epochs", type=int, default=20, help="PGD-AT epochs of the victims")
+    p.add_argument("--tamoo-variants", nargs="+", default=["thesis", "release"],
+                   choices=["thesis", "release"])
+    p.add_argument("--stochastic-eot", action="store_true",
+                   help="also stochastic EoT (a task counts when achieved in most of --eot-draws)")
+    p.add_argument("--eot-draws", type=int, default=5)
+    p.add_argument("--only", nargs="*", help="method labels (without seed) of a training part")
+    p.add_argument("--report", action="store_true", help="only rewrite results_<part>.md")
+    p.add_argument("--time-slice", type=int, default=0,
+                   help="N > 0: time N training steps of each method (budget plan), no study")
+    p.add_argument("--no-eval-slice", dest="eval_slice", action="store_false",
+                   help="with --time-slice: skip timing the evaluation")
+    p.add_argument("--threads", type=int, default=1, choices=(0, 1))
     p.add_argument("--workdir", default=os.path.join(study.ROOT, "workdirs", STUDY))
     args = p.parse_args(argv)
     study.pin_threads(args.threads)
     argv = sys.argv[1:] if argv is None else argv
-    for part in args.part or PARTS:
-        {"adr": part_adr, "cce": part_cce, "tamoo": part_tamoo}[part](args, argv)
+    for part in args.part:
+        if args.time_slice:
+            time_slice(part, args)
+        elif part == "tamoo":
+            part_tamoo(args, argv)
+        else:
+            part_training(part, args, argv)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,16 @@
+"""CCE-DM (thesis Ch. 4, Sec. 4.3, Eq. 5, detection mode; l_pm = 0, l_dm = 5) of a 2-member ensemble
+on Fashion-MNIST, the thesis' MNIST member and Adam 1e-3 (`advjax.config.cce_fmnist_base`).
+`--config.objective.variant=release` computes the crossing terms as the released code. Baseline:
+adv_en_fmnist (ADV-EN_2, the thesis' ensemble baseline).
+
+    advjax train --config configs/cce_dm_fmnist.py --workdir workdirs/cce_dm_fmnist
+"""
+
+from advjax.config import cce_fmnist_base
+
+
+def get_config():
+    c = cce_fmnist_base("cce")
+    c.objective.mode = "dm"
+    c.objective.variant = "thesis"
+    return c
