@@ -190,15 +190,16 @@ def test_each_replica_is_its_single_seed_run(cnn_single_runs, tmp_path, mode):
 
 
 def test_replicas_with_method_state_match_their_single_runs(tmp_path):
-    """UDR-PGD learns its lambda (method state) per replica, from the mean absolute perturbation
-    of its own adversarial examples; base seed 3 (replicas 3 and 4)."""
+    """DRA-Mahalanobis keeps a method state per replica (the cost matrix A, this epoch's scatter of
+    its own adversarial perturbations, a step count) and replaces A at every epoch's end
+    (`Objective.end_of_epoch`, run per replica on the host in vmap mode): over two epochs, replica 4
+    of a vmapped group with base seed 3 is its single-seed run, and each replica learned its own A."""
     import ml_collections
 
     from advjax import train
     c = small_config(tmp_path, seed=3, **{"train.seeds_mode": "vmap"})
-    c.objective = ml_collections.ConfigDict(dict(name="udr_pgd", eps=0.1, step_size=0.03, steps=2,
-                                                 lambda_0=1.0, lambda_lr=0.5,
-                                                 lambda_distance="mean_abs"))
+    c.objective = ml_collections.ConfigDict(dict(name="dra_mahalanobis", gamma=1.0, step_size=0.1,
+                                                 steps=2, input_dim=64, r=2.0, psi_floor=1e-3))
     c.train.epochs = 2
     c.train.collapse_guard = False
     group = str(tmp_path / "group")
@@ -208,23 +209,54 @@ def test_replicas_with_method_state_match_their_single_runs(tmp_path):
     c4.train.seeds = 1
     train.train_and_evaluate(c4, single)
     assert_same_run(os.path.join(group, "seed4"), single, atol=1e-5)
-    lam3 = float(checkpoint(os.path.join(group, "seed3"))[1]["method_state"]["lambda"])
-    lam4 = float(checkpoint(os.path.join(group, "seed4"))[1]["method_state"]["lambda"])
-    assert lam3 != 1.0 and lam4 != 1.0 and lam3 != lam4  # learned, and per replica
+    a3 = np.asarray(checkpoint(os.path.join(group, "seed3"))[1]["method_state"]["A"])
+    a4 = np.asarray(checkpoint(os.path.join(group, "seed4"))[1]["method_state"]["A"])
+    eye = np.eye(64, dtype=np.float32)
+    # Updated at the end of epoch 1 and 2 (not the identity it starts from), and per replica.
+    assert np.abs(a3 - eye).max() > 1e-3 and np.abs(a4 - eye).max() > 1e-3
+    assert np.abs(a3 - a4).max() > 1e-4
 
 
 # ------------------------------------------------------------------------------------------------
 # One workdir per seed, with what a single run writes
 # ------------------------------------------------------------------------------------------------
 
+def run_cli(*argv):
+    """(exit status, stdout, stderr) of `advjax <argv>` run in this process."""
+    import io
+    from contextlib import redirect_stderr, redirect_stdout
+
+    from advjax import cli
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stderr(err), redirect_stdout(out):
+        rc = cli.main(["advjax", *argv])
+    return rc, out.getvalue(), err.getvalue()
+
+
 @pytest.fixture(scope="module")
 def group(tmp_path_factory):
-    """An uninterrupted 2-seed run of the small config (12 steps), sequential mode."""
-    from advjax import train
+    """An uninterrupted 2-seed run of the small config (12 steps), sequential mode, trained by
+    `advjax train` (the table it prints is the seeds' summary)."""
     tmp = tmp_path_factory.mktemp("group")
     workdir = str(tmp / "run")
-    train.train_and_evaluate(small_config(tmp), workdir)
+    rc, out, err = run_cli("train", "--config", small_config_file(tmp), "--workdir", workdir,
+                           "--config.train.seeds_mode=sequential")
+    assert rc == 0, err
+    assert "seeds 0-1" in out and "| mean +- std |" in out
     return workdir
+
+
+def test_train_seeds_on_the_command_line_is_checked(tmp_path):
+    """train.seeds is a config key like any other: accepted (the group above), range-checked with
+    exit status 2 before any compute, and train.seeds_mode's values are named."""
+    w = str(tmp_path / "w")
+    rc, _, err = run_cli("train", "--config", small_config_file(tmp_path), "--workdir", w,
+                         "--config.train.seeds=0")
+    assert rc == 2 and "config.train.seeds must be >= 1" in err, err
+    rc, _, err = run_cli("train", "--config", small_config_file(tmp_path), "--workdir", w,
+                         "--config.train.seeds_mode=grouped")
+    assert rc == 2 and "config.train.seeds_mode must be one of" in err, err
+    assert not os.path.exists(os.path.join(w, "seed0"))
 
 
 def test_each_seed_workdir_has_the_files_of_a_single_run(group, tmp_path):
@@ -249,17 +281,12 @@ def test_each_seed_workdir_has_the_files_of_a_single_run(group, tmp_path):
 
 
 def test_advjax_eval_works_on_a_seed_workdir_and_explains_the_parent(group, tmp_path):
-    import io
-    from contextlib import redirect_stderr, redirect_stdout
-
-    from advjax import cli, train
+    from advjax import train
     w = os.path.join(group, "seed1")
-    err = io.StringIO()
-    with redirect_stderr(err), redirect_stdout(io.StringIO()):
-        rc = cli.main(["advjax", "eval", "--config", small_config_file(tmp_path), "--workdir", w,
-                       "--config.seed=1", "--limit", "32"])
-    assert rc == 0, err.getvalue()
-    assert "trained with another config" not in err.getvalue()  # the seed's own config
+    rc, _, err = run_cli("eval", "--config", small_config_file(tmp_path), "--workdir", w,
+                         "--config.seed=1", "--limit", "32")
+    assert rc == 0, err
+    assert "trained with another config" not in err  # the seed's own config
     assert json.load(open(os.path.join(w, "eval.n32.json")))["n"] == 32  # eval.json is fuller
     with pytest.raises(FileNotFoundError, match="multi-seed run"):
         train.restore_state(small_config(tmp_path), group)
