@@ -52,8 +52,9 @@ How replicas are stepped (`resolve_seeds_mode`, train.seeds_mode):
     single-seed run bit for bit;
   * "vmap" (the default on GPU / TPU): one program, `train_step` under `jax.vmap` over the stacked
     states, batches and keys (`replicas_train_step`): the same runs up to float rounding. On XLA:CPU
-    it is slower than "sequential": vmapped convolutions with per-replica kernels become grouped
-    convolutions (feature_group_count = K), a slow path there (`benchmarks/multi_seed.py`).
+    it was slower than "sequential" in every timing so far (all on a loaded machine): vmapped
+    convolutions with per-replica kernels become grouped convolutions (feature_group_count = K)
+    (`benchmarks/multi_seed.py`).
 Guarantees per seed: every seed's workdir is locked and its stored config checked (as WORKDIR's:
 train.seeds may not change on resume; train.seeds_mode may). The replicas save one after the other
 at the same steps, keeping one checkpoint more than train.keep_checkpoints until all have saved,
@@ -355,10 +356,11 @@ def resolve_seeds_mode(config, devices) -> str:
     else train.seeds_mode, where "auto" is "vmap" on GPU / TPU and "sequential" on CPU.
 
     Why "sequential" on XLA:CPU: under vmap, a convolution whose kernel differs per replica becomes
-    one grouped convolution (feature_group_count = K), which XLA:CPU runs far slower than K plain
-    ones, so the vmapped step loses to the single-seed step run K times (CNN-4C3F PGD-AT, batch
-    128: `python benchmarks/multi_seed.py`). GPUs and TPUs have fast grouped convolutions, and a
-    small model leaves them idle, so there one vmapped program is the better bet (not measured).
+    one grouped convolution (feature_group_count = K), which XLA:CPU runs slower than K plain ones,
+    so the vmapped step loses to the single-seed step run K times (CNN-4C3F PGD-AT, batch 128:
+    `python benchmarks/multi_seed.py`; seen on a loaded machine only, no quiet record yet). GPUs and
+    TPUs have fast grouped convolutions, and a small model leaves them idle, so there one vmapped
+    program is the better bet (not measured).
     """
     if int(config.train.get("seeds", 1)) == 1:
         return "single"
