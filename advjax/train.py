@@ -52,9 +52,10 @@ How replicas are stepped (`resolve_seeds_mode`, train.seeds_mode):
     single-seed run bit for bit;
   * "vmap" (the default on GPU / TPU): one program, `train_step` under `jax.vmap` over the stacked
     states, batches and keys (`replicas_train_step`): the same runs up to float rounding. On XLA:CPU
-    it was slower than "sequential" in every timing so far (all on a loaded machine): vmapped
-    convolutions with per-replica kernels become grouped convolutions (feature_group_count = K)
-    (`benchmarks/multi_seed.py`).
+    it is about 3x slower than "sequential" (CNN-4C3F PGD-AT, K = 3 and 5: 0.34x and 0.30x the
+    single-seed images/s, against 1.04x and 1.01x; README, "Several seeds"): vmapped convolutions
+    with per-replica kernels become grouped convolutions (feature_group_count = K), which XLA:CPU
+    runs 1.6-2.4x slower than K plain ones (`benchmarks/multi_seed.py --convs`).
 Guarantees per seed: every seed's workdir is locked and its stored config checked (as WORKDIR's:
 train.seeds may not change on resume; train.seeds_mode may). The replicas save one after the other
 at the same steps, keeping one checkpoint more than train.keep_checkpoints until all have saved,
@@ -357,8 +358,8 @@ def resolve_seeds_mode(config, devices) -> str:
 
     Why "sequential" on XLA:CPU: under vmap, a convolution whose kernel differs per replica becomes
     one grouped convolution (feature_group_count = K), which XLA:CPU runs slower than K plain ones,
-    so the vmapped step loses to the single-seed step run K times (CNN-4C3F PGD-AT, batch 128:
-    `python benchmarks/multi_seed.py`; seen on a loaded machine only, no quiet record yet). GPUs and
+    so the vmapped step loses to the single-seed step run K times (CNN-4C3F PGD-AT, batch 128, on a
+    quiet 2-core CPU: 0.30-0.34x against 1.01-1.04x; `python benchmarks/multi_seed.py`). GPUs and
     TPUs have fast grouped convolutions, and a small model leaves them idle, so there one vmapped
     program is the better bet (not measured).
     """
