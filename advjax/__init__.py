@@ -12,8 +12,8 @@ with the package: they need only jax. The Flax models, training objectives, loop
 are submodules loaded on first attribute access (PEP 562), so `import advjax` does not import Flax,
 optax's training loop, tensorflow-datasets or matplotlib. A few of their entry points are also
 top-level names, loaded the same way: `register_model`, `get_model` (advjax.models),
-`make_objective` (advjax.objectives), `robust_accuracy` (advjax.evaluate), `train_and_evaluate`
-(advjax.train).
+`make_objective` (advjax.objectives), `robust_accuracy` and `autoattack` (advjax.evaluate),
+`train_and_evaluate` (advjax.train).
 
 Layers (imports point down only): cli -> train/evaluate -> objectives -> attacks -> threat/losses;
 models and data sit beside attacks and are only imported by objectives' callers and the loops.
@@ -39,6 +39,7 @@ _LAZY_ATTRIBUTES = {
     "get_model": "models",
     "make_objective": "objectives",
     "robust_accuracy": "evaluate",
+    "autoattack": "evaluate",
     "train_and_evaluate": "train",
 }
 

@@ -9,6 +9,14 @@ place of a name; `get_loss` resolves names.
   * `dlr`: the difference-of-logits ratio of Croce & Hein (ICML 2020, Eq. 6),
     -(z_y - max_{i != y} z_i) / (z_pi1 - z_pi3).
   * `kl_divergence`: KL(p_nat || p_adv), the TRADES inner objective (Zhang et al., ICML 2019, Eq. 5).
+
+All of them use `log_softmax` below rather than `jax.nn.log_softmax`: under `jit`, XLA fuses the
+last elementwise operation of a model (a scale, a bias) into each consumer of the logits and may
+contract a multiply and the max-subtraction into one fused multiply-add, so that z - max(z) comes out
+*positive* for the arg-max logit (measured: +2582 for logits ~1e11, whose float32 spacing is ~8e3).
+exp of that overflows and softmax / its gradient become inf / inf = NaN: with logits of order 1e9 and
+above, every CE attack returned NaN images, which argmax scored as class 0 (0% robust accuracy where
+the truth was 100%).
 """
 
 from __future__ import annotations
@@ -26,9 +34,31 @@ LossFn = Callable[[jax.Array, jax.Array], jax.Array]
 _NEG = -jnp.inf
 
 
+@jax.custom_jvp
+def log_softmax(logits: jax.Array) -> jax.Array:
+    """log softmax(z)_k = s_k - log sum_j exp(s_j), s = min(z, max z) - max z, over the last axis.
+
+    Mathematically s = z - max z; min(z, m) - m rounds z before the subtraction (a minimum cannot be
+    contracted into a fused multiply-add), so s <= 0 exactly, s = 0 at the arg-max, the sum is >= 1
+    and the result stays finite for any finite logits (see the module docstring). The derivative is
+    the usual one, d log p_k = dz_k - sum_j p_j dz_j (a custom JVP: the derivative of min at the
+    arg-max would otherwise be split in half).
+    """
+    m = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
+    shifted = jnp.minimum(logits, m) - m
+    return shifted - jnp.log(jnp.sum(jnp.exp(shifted), axis=-1, keepdims=True))
+
+
+@log_softmax.defjvp
+def _log_softmax_jvp(primals, tangents):
+    (logits,), (dlogits,) = primals, tangents
+    out = log_softmax(logits)
+    return out, dlogits - jnp.sum(jnp.exp(out) * dlogits, axis=-1, keepdims=True)
+
+
 def cross_entropy(logits: jax.Array, y: jax.Array) -> jax.Array:
     """Per-example cross-entropy -log softmax(logits)_y."""
-    logp = jax.nn.log_softmax(logits, axis=-1)
+    logp = log_softmax(logits)
     return -jnp.take_along_axis(logp, y[:, None].astype(jnp.int32), axis=-1)[:, 0]
 
 
@@ -78,14 +108,14 @@ def dlr_targeted(logits: jax.Array, y: jax.Array, target: jax.Array) -> jax.Arra
 
 def kl_divergence(logits_p: jax.Array, logits_q: jax.Array) -> jax.Array:
     """Per-example KL(softmax(logits_p) || softmax(logits_q)) = sum_k p_k (log p_k - log q_k)."""
-    logp = jax.nn.log_softmax(logits_p, axis=-1)
-    logq = jax.nn.log_softmax(logits_q, axis=-1)
+    logp = log_softmax(logits_p)
+    logq = log_softmax(logits_q)
     return jnp.sum(jnp.exp(logp) * (logp - logq), axis=-1)
 
 
 def entropy(logits: jax.Array) -> jax.Array:
     """Per-example entropy H(softmax(logits)) = -sum_k p_k log p_k."""
-    logp = jax.nn.log_softmax(logits, axis=-1)
+    logp = log_softmax(logits)
     return -jnp.sum(jnp.exp(logp) * logp, axis=-1)
 
 

@@ -1227,7 +1227,9 @@ def eval_logits_fn(model, state):
 
 
 def evaluate_result(config, state, model, *, limit: Optional[int] = None):
-    """`RobustAccuracy` of config.eval.attacks on the test split.
+    """`RobustAccuracy` of config.eval.attacks on the test split (with a progress bar on the first
+    process unless config.train.progress is off; targeted success rates of the specs with a
+    "target" rule, `evaluate.attack_from_spec`).
 
     In a multi-process run every process evaluates its share of the evaluation batches and the
     per-example results are gathered, so each process returns the numbers of the whole test set,
@@ -1240,21 +1242,48 @@ def evaluate_result(config, state, model, *, limit: Optional[int] = None):
     return evaluate_lib.robust_accuracy(logits_fn, (test_x, test_y), attacks,
                                         key=jax.random.PRNGKey(config.seed + 1),
                                         batch_size=config.eval.batch_size,
-                                        across_processes=jax.process_count() > 1)
+                                        across_processes=jax.process_count() > 1,
+                                        targeted=any("target" in a for a in attacks),
+                                        progress=config.train.get("progress", True)
+                                        and jax.process_index() == 0)
+
+
+def autoattack_result(config, state, model, *, limit: Optional[int] = None):
+    """`evaluate.autoattack` of config.eval.autoattack on the test split, or None while its norm is
+    empty. Every process runs the whole cascade (same key, same result)."""
+    aa = config.eval.get("autoattack")
+    if aa is None or not aa.get("norm"):
+        return None
+    test_x, test_y = data_lib.load_numpy(config.data.name, "test", data_dir=config.data.data_dir,
+                                         limit=limit or config.eval.get("limit") or None)
+    return evaluate_lib.autoattack(eval_logits_fn(model, state), (test_x, test_y), norm=aa.norm,
+                                   eps=float(aa.eps), version=aa.get("version", "standard"),
+                                   key=jax.random.PRNGKey(config.seed + 3),
+                                   batch_size=config.eval.batch_size,
+                                   progress=config.train.get("progress", True)
+                                   and jax.process_index() == 0)
 
 
 def evaluate_state(config, state, model, workdir: Optional[str], *, write: bool = True,
                    limit: Optional[int] = None) -> Dict[str, Any]:
-    """Runs config.eval.attacks on the test split; writes eval.json / eval.md to workdir (or, when
-    those hold a fuller evaluation, eval.n<N>.json / .md: `workdir.eval_paths`)."""
+    """Runs config.eval.attacks (and config.eval.autoattack) on the test split; writes eval.json /
+    eval.md to workdir (or, when those hold a fuller evaluation, eval.n<N>.json / .md:
+    `workdir.eval_paths`)."""
     res = evaluate_result(config, state, model, limit=limit)
+    aa = autoattack_result(config, state, model, limit=limit)
     out = dict(res.as_dict(), step=int(state.step))
+    if aa is not None:
+        out.update(aa.as_dict())
     if write and workdir is not None and jax.process_index() == 0:  # one writer per run
         json_path, md_path = workdir_lib.eval_paths(workdir, out)
         workdir_lib.atomic_write(json_path, json.dumps(out, indent=2))
-        workdir_lib.atomic_write(md_path, res.markdown(
-            f"{config.objective.name} on {config.data.name} ({config.model.name}), "
-            f"step {int(state.step)}, {res.n} test examples"))
+        md = res.markdown(f"{config.objective.name} on {config.data.name} ({config.model.name}), "
+                          f"step {int(state.step)}, {res.n} test examples")
+        if aa is not None:
+            md += "\n" + aa.markdown()
+        workdir_lib.atomic_write(md_path, md)
         out["eval_file"] = json_path
     out["table"] = res.markdown(f"{config.objective.name} on {config.data.name}")
+    if aa is not None:
+        out["table"] += "\n" + aa.markdown()
     return out

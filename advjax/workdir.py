@@ -312,9 +312,10 @@ class MetricsLog:
 # ------------------------------------------------------------------------------------------------
 
 def _is_fuller(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
-    """True when `old` has more examples than `new`, or a column (attack) that `new` lacks."""
+    """True when `old` has more examples than `new`, or a column (attack, or the AutoAttack
+    result) that `new` lacks."""
     return old.get("n", 0) > new.get("n", 0) or any(
-        k.startswith("attack/") and k not in new for k in old)
+        (k.startswith("attack/") or k == "autoattack") and k not in new for k in old)
 
 
 def _read_json(path: str) -> Optional[Dict[str, Any]]:

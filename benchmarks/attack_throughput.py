@@ -11,23 +11,33 @@ start, eps 0.3, step 0.01. Rows:
                          (pool_impl="nn", first_conv_impl="xla", conv_impl="xla"): what a user's
                          vanilla Flax model gets
   torchattacks           torchattacks.PGD(random_start=False) on the same weights in PyTorch
+  torchattacks, torch.compile
+                         the same with the PyTorch model wrapped in `torch.compile` (inductor, CPU),
+                         what a PyTorch user would reach for; skipped with the reason if it fails
   foolbox-jax            foolbox.attacks.LinfPGD on the advjax model through foolbox.JAXModel
 
 Timings are interleaved over `--repeats` rounds and the median is reported, with images/s and the
 ratio to torchattacks; agreement with torchattacks (fraction of examples whose adversarial image is
-within 1e-3 everywhere) is printed so the speed is for the same result.
+within 1e-3 everywhere) is printed so the speed is for the same result. advjax and the peers run on
+the same number of threads (`--threads`, default all CPUs; benchmarks/_bench.py).
 
-    python benchmarks/attack_throughput.py [--batch 256] [--steps 20] [--repeats 3]
+    python benchmarks/attack_throughput.py [--batch 256] [--steps 20] [--repeats 3] [--threads N]
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
 
-import numpy as np
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _bench  # noqa: E402
+
+_bench.configure_threads(_bench.threads_from_argv())
+
+import argparse  # noqa: E402
+
+import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -54,13 +64,15 @@ def advjax_runner(variables, x, y, steps, **model_fields):
     return lambda: np.asarray(jax.block_until_ready(attack(xj, yj)))
 
 
-def torchattacks_runner(variables, x, y, steps):
-    import torch
+def torchattacks_runner(variables, x, y, steps, compile_model=False):
+    torch = _bench.torch_threads()
     import torchattacks
 
     from advjax import models
     from advjax.testing.torch_twins import to_nchw, torch_twin
     m = torch_twin(models.get_model("madry_cnn"), variables)
+    if compile_model:
+        m = torch.compile(m)
     atk = torchattacks.PGD(m, eps=EPS, alpha=STEP, steps=steps, random_start=False)
     xt = to_nchw(x)
     yt = torch.tensor(y).long()
@@ -90,6 +102,8 @@ def main():
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=0, help="CPUs for advjax and peers (0: all)")
+    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile row")
     args = p.parse_args()
 
     import jax
@@ -102,7 +116,11 @@ def main():
     runners["advjax"] = advjax_runner(variables, x, y, args.steps)
     runners["advjax, plain layers"] = advjax_runner(variables, x, y, args.steps, pool_impl="nn",
                                                     first_conv_impl="xla", conv_impl="xla")
-    for name, make in (("torchattacks", torchattacks_runner), ("foolbox-jax", foolbox_runner)):
+    peers = [("torchattacks", torchattacks_runner), ("foolbox-jax", foolbox_runner)]
+    if not args.no_compile:
+        peers.insert(1, ("torchattacks, torch.compile",
+                         lambda *a: torchattacks_runner(*a, compile_model=True)))
+    for name, make in peers:
         try:
             runners[name] = make(variables, x, y, args.steps)
             runners[name]()
@@ -117,9 +135,9 @@ def main():
             run()
             times[k].append(time.perf_counter() - t0)
     ref = outputs.get("torchattacks")
-    print(f"linf PGD-{args.steps}, Madry MNIST CNN, batch {args.batch}, eps {EPS}, step {STEP}, "
-          f"no random start; median of {args.repeats} interleaved runs; "
-          f"backend {jax.default_backend()}")
+    print(_bench.header(f"linf PGD-{args.steps}, Madry MNIST CNN, batch {args.batch}, eps {EPS}, "
+                        f"step {STEP}, no random start; median of {args.repeats} interleaved "
+                        "runs"))
     print("| implementation | seconds | images/s | ratio to torchattacks | "
           "examples equal to torchattacks (1e-3) |")
     print("|---|---:|---:|---:|---:|")
@@ -133,6 +151,7 @@ def main():
         print(f"| {k} | {float(np.median(times[k])):.2f} | {ips[k]:.1f} | {ratio} | {agree} |")
     for k, why in skipped.items():
         print(f"| {k} | skipped: {why} | | | |")
+    print(f"load at the end {_bench.load()}")
 
 
 if __name__ == "__main__":

@@ -1,19 +1,28 @@
 """Runs every benchmark of the project and regenerates benchmarks/README.md: one table, then the raw
 outputs.
 
-    python benchmarks/run_all.py [--quick]
+    python benchmarks/run_all.py [--quick] [--threads N] [--allow-load]
 
 Each benchmark runs in its own subprocess (one at a time, so they do not compete for the CPU):
-  attack_throughput.py   PGD-20 images/s: advjax vs torchattacks vs Foolbox
+  attack_throughput.py   PGD-20 images/s: advjax vs torchattacks (eager and torch.compile) vs Foolbox
+  attack_memory.py       peak memory of PGD-20 vs PGD-200 and of DAA at M = 100 vs 1000
   daa_overhead.py        DAA-BLOB / DAA-DGF step time relative to PGD
-  train_throughput.py    PGD-AT train steps/s: advjax vs a PyTorch loop
+  train_throughput.py    PGD-AT train steps/s on the studies' models (CNN-4C3F, DAA's release CNN,
+                         Madry's CNN): advjax vs a PyTorch loop and torch.compile, GFLOP/s, % sgemm
   input_pipeline.py      `advjax.data.batches` images/s
   data parallelism       one PGD-AT step of the training loop on 1, 2 and 4 forced CPU devices
                          (XLA_FLAGS=--xla_force_host_platform_device_count=N) at the same global batch.
                          The forced devices share the machine's cores, so this measures the cost of
                          the data-parallel machinery (sharding, pmean, replication), not a speed-up.
-The table records the backend, the CPU count and the load average (os.getloadavg) at the start and
-end, since other jobs on a shared machine move the numbers.
+The load rule (the machine is shared; a loaded machine slows torch's threaded kernels more than
+XLA's, so a ratio measured there is not a property of the libraries): run_all refuses to start, and
+so to write benchmarks/README.md, when the 1-minute load average exceeds `LOAD_LIMIT` (1.5), unless
+`--allow-load`, which stamps every row "loaded". Before each benchmark it waits (up to `--settle`
+seconds) for the 1-minute load to fall below the limit again (a benchmark's own threads raise it), and
+records the load before and after each one; rows of a benchmark that started above the limit are
+stamped "loaded" too. Every benchmark with a peer runs advjax and the peer on the same number of
+threads (`--threads`, default all CPUs; benchmarks/_bench.py pins the process to that many CPUs
+before JAX and torch start).
 """
 
 from __future__ import annotations
@@ -31,9 +40,12 @@ from typing import Callable, Dict, List, Tuple
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
+sys.path.insert(0, HERE)
 
 Row = Tuple[str, str, str, str]  # (benchmark, measurement, result, comparison)
+StampedRow = Tuple[str, str, str, str, str]  # ... and the load before / after its benchmark
 DEVICE_COUNTS = (1, 2, 4)
+LOAD_LIMIT = 1.5  # the 1-minute load average above which no figure is recorded as quiet
 
 
 # ------------------------------------------------------------------------------------------------
@@ -92,13 +104,16 @@ def _run(args: List[str], env=None, timeout: int = 1800) -> Tuple[str, float]:
 
 
 def _md_rows(text: str) -> List[List[str]]:
-    """The body rows of the Markdown tables in `text`, as lists of stripped cells."""
+    """The body rows of the Markdown tables in `text` (not their header rows), as lists of stripped
+    cells."""
     rows = []
-    for line in text.splitlines():
-        if line.startswith("|") and not line.startswith("|---"):
-            cells = [c.strip() for c in line.strip().strip("|").split("|")]
-            if cells and cells[0] != "implementation":
-                rows.append(cells)
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if not line.startswith("|") or line.startswith("|---"):
+            continue
+        if i + 1 < len(lines) and lines[i + 1].startswith("|---"):
+            continue  # a header
+        rows.append([c.strip() for c in line.strip().strip("|").split("|")])
     return rows
 
 
@@ -124,12 +139,23 @@ def parse_daa_overhead(text: str) -> List[Row]:
 
 def parse_train_throughput(text: str) -> List[Row]:
     rows = []
-    ratio = re.search(r"ratio advjax / pytorch: ([\d.]+)x", text)
     for cells in _md_rows(text):
-        if len(cells) >= 3:
-            cmp = f"{ratio.group(1)}x pytorch" if (ratio and cells[0] == "advjax") else ""
-            rows.append(("PGD-AT training (Madry CNN, batch 128, PGD-10)", cells[0],
-                         f"{cells[2]} images/s ({cells[1]} ms/step)", cmp))
+        if len(cells) >= 7:  # model, implementation, ms/step, images/s, ratio, GFLOP/s, % sgemm
+            rows.append((f"PGD-AT training ({cells[0]}, batch 128, PGD-10)", cells[1],
+                         f"{cells[3]} images/s ({cells[2]} ms/step)",
+                         f"{cells[4]} pytorch; {cells[5]} GFLOP/s, {cells[6]} of sgemm"))
+    for m in re.finditer(r"^skipped (.*)$", text, re.M):
+        rows.append(("PGD-AT training", "skipped", "", m.group(1)))
+    return rows
+
+
+def parse_attack_memory(text: str) -> List[Row]:
+    rows = []
+    for cells in _md_rows(text):
+        if len(cells) >= 6:  # attack, batch, steps, XLA temp, XLA total, peak RSS
+            rows.append(("attack memory", f"{cells[0]}, batch {cells[1]}, {cells[2]} steps",
+                         f"peak RSS +{cells[5]} MiB", f"XLA temp {cells[3]} MiB, total "
+                         f"{cells[4]} MiB"))
     return rows
 
 
@@ -167,17 +193,30 @@ def run_device_scaling(batch: int, pgd_steps: int, repeats: int) -> Tuple[List[R
 BENCHMARKS: List[Tuple[str, List[str], List[str], Callable[[str], List[Row]]]] = [
     # (script, arguments, --quick arguments, parser)
     ("attack_throughput.py", [], ["--repeats", "1"], parse_attack_throughput),
+    ("attack_memory.py", [], [], parse_attack_memory),
     ("daa_overhead.py", [], ["--reps", "3", "--scaling-reps", "1"], parse_daa_overhead),
     ("train_throughput.py", [], ["--repeats", "2"], parse_train_throughput),
     ("input_pipeline.py", [], [], parse_input_pipeline),
 ]
 
 
+THREADED = ("attack_throughput.py", "attack_memory.py", "train_throughput.py")  # take --threads
+
+
 def _load() -> str:
     return "/".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def render(rows: List[Row], raws: Dict[str, str], seconds: Dict[str, float], meta: Dict[str, str]) -> str:
+def _settle(limit: float, seconds: float) -> float:
+    """Waits up to `seconds` for the 1-minute load average to fall to `limit`; returns it."""
+    t0 = time.monotonic()
+    while os.getloadavg()[0] > limit and time.monotonic() - t0 < seconds:
+        time.sleep(5)
+    return os.getloadavg()[0]
+
+
+def render(rows: List[StampedRow], raws: Dict[str, str], seconds: Dict[str, float],
+           meta: Dict[str, str]) -> str:
     lines = [
         "# Benchmarks",
         "",
@@ -186,19 +225,26 @@ def render(rows: List[Row], raws: Dict[str, str], seconds: Dict[str, float], met
         "    python benchmarks/run_all.py",
         "",
         f"Generated {meta['date']} on {meta['machine']}; backend {meta['backend']}, "
-        f"{meta['cpus']} CPUs visible. Load average (1/5/15 min) at the start {meta['load_start']}, "
-        f"at the end {meta['load_end']}: the machine is shared, so absolute numbers move with the "
-        "load; the ratios come from interleaved runs in one process and are steadier.",
+        f"{meta['cpus']} CPUs visible, {meta['threads']} threads for advjax and its peers alike. "
+        f"Load average (1/5/15 min) at the start {meta['load_start']}, at the end "
+        f"{meta['load_end']}; each row gives the load before and after its benchmark.",
+        "",
+        f"Load rule: figures are recorded only when the 1-minute load is at most {LOAD_LIMIT} "
+        "(a loaded machine slows torch's threaded kernels more than XLA's, which inflates advjax's "
+        "ratios). Rows stamped **loaded** were measured above it (`--allow-load`) and are not "
+        "a claim about the libraries; quote no ratio from them.",
         "",
         "The forced-CPU-device rows run the jitted PGD-AT step of `advjax.train` on 1, 2 and 4 "
         "XLA host devices at the same global batch. The devices share the same cores, so this "
         "measures the cost of the data-parallel machinery (sharding, cross-device means, "
-        "replication), not a speed-up. No GPU was lent for this run, so there are no GPU rows.",
+        "replication), not a speed-up."
+        + (" No GPU was used for this run, so there are no GPU rows." if meta["backend"] == "cpu"
+           else ""),
         "",
-        "| benchmark | measurement | result | comparison |",
-        "|---|---|---:|---|",
+        "| benchmark | measurement | result | comparison | load before / after |",
+        "|---|---|---:|---|---|",
     ]
-    lines += [f"| {b} | {m} | {r} | {c} |" for b, m, r, c in rows]
+    lines += [f"| {b} | {m} | {r} | {c} | {ld} |" for b, m, r, c, ld in rows]
     lines += ["", "## Raw outputs", ""]
     for name, text in raws.items():
         lines += [f"### {name} ({seconds[name]:.0f} s)", "", "```", text.rstrip(), "```", ""]
@@ -213,28 +259,58 @@ def main():
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--pgd-steps", type=int, default=5)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=0,
+                   help="CPUs for advjax and its peers alike (0: all)")
+    p.add_argument("--allow-load", action="store_true",
+                   help=f"run even when the 1-minute load exceeds {LOAD_LIMIT}; rows say 'loaded'")
+    p.add_argument("--settle", type=float, default=120.0,
+                   help="seconds to wait before each benchmark for the load to fall below the limit")
     args = p.parse_args()
     if args.devices_worker:
         devices_worker(args.batch, args.pgd_steps, args.repeats)
         return
 
+    load1 = os.getloadavg()[0]
+    if load1 > LOAD_LIMIT and not args.allow_load:
+        sys.exit(f"run_all: the 1-minute load average is {load1:.2f} (> {LOAD_LIMIT}): figures "
+                 f"measured now would not be a property of the libraries, so {args.out} is not "
+                 "written. Run it on a quiet machine, or pass --allow-load to stamp every row "
+                 "'loaded'.")
+    import _bench
     meta = {"date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
             "machine": f"{platform.system()} {platform.machine()}",
-            "cpus": str(os.cpu_count()), "load_start": _load()}
-    rows: List[Row] = []
+            "cpus": str(os.cpu_count()), "load_start": _load(),
+            "threads": str(args.threads or _bench.cpu_count())}
+    env = dict(os.environ, ADVJAX_BENCH_THREADS=str(args.threads))
+    rows: List[StampedRow] = []
     raws: Dict[str, str] = {}
     seconds: Dict[str, float] = {}
+
+    def stamp(parsed, before, after):
+        loaded = args.allow_load and (load1 > LOAD_LIMIT or before > LOAD_LIMIT)
+        mark = f"{before:.2f} / {after:.2f}" + (" **loaded**" if loaded else "")
+        return [(*r, mark) for r in parsed]
+
     for script, extra, quick, parse in BENCHMARKS:
-        print(f"running {script} ...", flush=True)
+        before = _settle(LOAD_LIMIT, args.settle)
+        if before > LOAD_LIMIT and not args.allow_load:
+            sys.exit(f"run_all: the 1-minute load rose to {before:.2f} before {script} and did not "
+                     f"fall below {LOAD_LIMIT} in {args.settle:.0f} s; {args.out} is not written.")
+        print(f"running {script} (load {_load()}) ...", flush=True)
+        threads = ["--threads", str(args.threads)] if script in THREADED else []
         text, sec = _run([sys.executable, os.path.join(HERE, script),
-                          *(quick if args.quick else extra)])
-        raws[script], seconds[script] = text, sec
+                          *(quick if args.quick else extra), *threads], env=env)
+        after = os.getloadavg()[0]
+        raws[script], seconds[script] = f"load before {before:.2f}, after {after:.2f}\n" + text, sec
         parsed = parse(text)
-        rows += parsed or [(script, "see raw output", "", "")]
+        rows += stamp(parsed or [(script, "see raw output", "", "")], before, after)
+    before = _settle(LOAD_LIMIT, args.settle)
+    if before > LOAD_LIMIT and not args.allow_load:
+        sys.exit(f"run_all: the 1-minute load rose to {before:.2f}; {args.out} is not written.")
     print("running data parallelism on 1/2/4 forced CPU devices ...", flush=True)
     dp_rows, dp_raw, dp_sec = run_device_scaling(args.batch, args.pgd_steps,
                                                  2 if args.quick else args.repeats)
-    rows += dp_rows
+    rows += stamp(dp_rows, before, os.getloadavg()[0])
     raws["data parallelism"], seconds["data parallelism"] = dp_raw, dp_sec
     meta["load_end"] = _load()
     backend = re.search(r"backend:? (\w+)", raws.get("daa_overhead.py", ""))

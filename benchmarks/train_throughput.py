@@ -1,37 +1,67 @@
-"""PGD-AT training throughput: advjax's jitted train step (the loop's) against a minimal PyTorch PGD-AT loop.
+"""PGD-AT training throughput: advjax's train step against a PyTorch loop and torch.compile.
 
-Same network (the Madry MNIST CNN), same batch (128 Fashion-MNIST-sized images), PGD-10 (linf
-eps 0.1, step 0.025, random start) with the model in inference mode for the attack, then one SGD
-step on the adversarial batch. Both run in this process, interleaved, so the ratio is meaningful on a
-shared, noisy machine. The input pipeline's images/s (real Fashion-MNIST through advjax.data) is
-printed beside it.
+    python benchmarks/train_throughput.py [--models cnn4c3f_study,madry_cnn] [--threads N]
+                                          [--batch 128] [--steps 10] [--repeats 5]
 
-    python benchmarks/train_throughput.py [--batch 128] [--steps 10] [--repeats 5]
+Models (`--models`, default all), the ones the studies and reproductions train:
+  cnn4c3f_study     CNN-4C3F with the studies' widths (16, 32) and one FC-128 layer, no dropout
+                    (configs/quickstart.py; ~5 MFLOP per forward pass)
+  cnn4c3f_32        the thesis' CNN-4C3F(32): widths (32, 32), FC 200-200, dropout 0.5 (the
+                    default fields of `advjax.models.CNN4C3F`)
+  daa_release_cnn   DAA's released Fashion-MNIST CNN (`advjax.models.DAAReleaseCNN`)
+  madry_cnn         Madry et al.'s MNIST CNN
+Protocol, the same for every model and implementation: a batch of 128 28x28x1 images, PGD-10 (linf
+eps 0.1, step 0.025, random start) with the model in inference mode, then one SGD step (momentum 0.9)
+on the adversarial batch in training mode. Implementations:
+  advjax            the jitted train step of `advjax train` (`train.compile_step`) on one device
+  pytorch           a plain PyTorch loop (eager), the same architecture
+  torch.compile     the same loop with the model wrapped in `torch.compile` (inductor, CPU), what a
+                    PyTorch user would reach for; skipped with the reason if it does not work
+The implementations of a model take turns over `--repeats` rounds (median reported), all on the same
+number of threads (`--threads`, see benchmarks/_bench.py). GFLOP/s counts (2 x PGD steps + 3) x the
+model's forward FLOPs (XLA's cost analysis) per image: forward and input gradient per attack step,
+forward and both gradients for the update; "% sgemm" relates it to this CPU's single-precision
+matmul rate at the same thread count (the best of XLA and torch on 2048^3), measured here first.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
 
-import numpy as np
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _bench  # noqa: E402
+
+_bench.configure_threads(_bench.threads_from_argv())
+
+import argparse  # noqa: E402
+
+import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+MODELS = {
+    "cnn4c3f_study": ("cnn4c3f", dict(widths=(16, 32), fc_widths=(128,), dropout_rate=0.0),
+                      "CNN-4C3F (16, 32)/FC-128"),
+    "cnn4c3f_32": ("cnn4c3f", {}, "CNN-4C3F(32)"),
+    "daa_release_cnn": ("daa_release_cnn", {}, "DAA release CNN"),
+    "madry_cnn": ("madry_cnn", {}, "Madry CNN"),
+}
+EPS, STEP = 0.1, 0.025
 
-def advjax_step_fn(batch_size, pgd_steps):
+
+def advjax_step_fn(name, fields, batch_size, pgd_steps):
     import jax
     import optax
 
     from advjax import models, objectives, train
 
-    model = models.get_model("madry_cnn")
+    model = models.get_model(name, **fields)
     objective = objectives.make_objective(
-        "pgd_at", model.apply, dict(eps=0.1, step_size=0.025, steps=pgd_steps))
-    tx = optax.sgd(0.01, momentum=0.9)
-    state = train.create_train_state(model, objective, tx, jax.random.PRNGKey(0), (28, 28, 1))
+        "pgd_at", model.apply, dict(eps=EPS, step_size=STEP, steps=pgd_steps))
+    state = train.create_train_state(model, objective, optax.sgd(0.01, momentum=0.9),
+                                     jax.random.PRNGKey(0), (28, 28, 1))
     mesh = train.make_mesh(jax.local_devices()[:1])
     step = train.compile_step(objective, jax.random.PRNGKey(1), mesh)
     rstate = [train.replicate(state, mesh)]
@@ -43,44 +73,50 @@ def advjax_step_fn(batch_size, pgd_steps):
         rstate[0], metrics = step(rstate[0], batch)
         jax.block_until_ready(metrics["loss"])
 
-    return run
+    return run, model, {"params": state.params}
 
 
-def torch_step_fn(batch_size, pgd_steps):
-    import torch
-    import torch.nn as tnn
-    import torch.nn.functional as F
+def torch_model(name, fields, flax_model, variables):
+    """The architecture in PyTorch: the weight-copying twin where there is one, else written here."""
+    torch = _bench.torch_threads()
+    if name in ("cnn4c3f", "madry_cnn"):
+        from advjax.testing.torch_twins import torch_twin
+        return torch_twin(flax_model, variables)
+    nn = torch.nn
 
-    class MadryCNN(tnn.Module):
-        def __init__(self):
+    class Affine(nn.Module):  # DAA's inference-mode batch norm: gamma h / sqrt(1 + 1e-3) + beta
+        def __init__(self, n):
             super().__init__()
-            self.conv1 = tnn.Conv2d(1, 32, 5, padding=2)
-            self.conv2 = tnn.Conv2d(32, 64, 5, padding=2)
-            self.fc1 = tnn.Linear(7 * 7 * 64, 1024)
-            self.fc2 = tnn.Linear(1024, 10)
+            self.scale, self.bias = nn.Parameter(torch.ones(n)), nn.Parameter(torch.zeros(n))
 
-        def forward(self, x):
-            x = F.max_pool2d(F.relu(self.conv1(x)), 2)
-            x = F.max_pool2d(F.relu(self.conv2(x)), 2)
-            return self.fc2(F.relu(self.fc1(x.flatten(1))))
+        def forward(self, h):
+            return self.scale * h / (1.0 + 1e-3) ** 0.5 + self.bias
 
-    torch.manual_seed(0)
-    model = MadryCNN()
+    return nn.Sequential(
+        nn.Conv2d(1, 32, 5, padding=2), nn.ReLU(), nn.Conv2d(32, 32, 5, padding=2), nn.ReLU(),
+        nn.MaxPool2d(2), nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+        nn.Linear(7 * 7 * 64, 1024), nn.ReLU(), Affine(1024), nn.Linear(1024, 10))
+
+
+def torch_step_fn(model, batch_size, pgd_steps):
+    """Madry et al.'s PGD-AT step as a PyTorch user writes it."""
+    torch = _bench.torch_threads()
+    F = torch.nn.functional
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     rng = np.random.default_rng(0)
     x = torch.tensor(rng.random((batch_size, 1, 28, 28), dtype=np.float32))
     y = torch.tensor(rng.integers(0, 10, batch_size))
-    eps, alpha = 0.1, 0.025
 
     def run():
         model.eval()
-        x_adv = (x + torch.empty_like(x).uniform_(-eps, eps)).clamp(0, 1)
+        x_adv = (x + torch.empty_like(x).uniform_(-EPS, EPS)).clamp(0, 1)
         for _ in range(pgd_steps):
             x_adv.requires_grad_(True)
             loss = F.cross_entropy(model(x_adv), y)
             g, = torch.autograd.grad(loss, x_adv)
-            x_adv = x_adv.detach() + alpha * g.sign()
-            x_adv = (x + (x_adv - x).clamp(-eps, eps)).clamp(0, 1)
+            x_adv = x_adv.detach() + STEP * g.sign()
+            x_adv = (x + (x_adv - x).clamp(-EPS, EPS)).clamp(0, 1)
         model.train()
         opt.zero_grad()
         F.cross_entropy(model(x_adv.detach()), y).backward()
@@ -109,40 +145,63 @@ def pipeline_images_per_sec(batch_size, seconds=2.0):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", default=",".join(MODELS))
+    p.add_argument("--threads", type=int, default=0, help="CPUs for advjax and peers (0: all)")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--steps", type=int, default=10, help="PGD steps per training step")
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile column")
     args = p.parse_args()
-    runners = {"advjax": advjax_step_fn(args.batch, args.steps)}
-    try:
-        runners["pytorch"] = torch_step_fn(args.batch, args.steps)
-    except ImportError:
-        print("torch not installed: `pip install torch==2.13.0` for the PyTorch column")
-    for run in runners.values():  # compile / warm up
-        run()
-        run()
-    times = {k: [] for k in runners}
-    for _ in range(args.repeats):  # interleaved, so load changes hit both
-        for k, run in runners.items():
-            t0 = time.perf_counter()
-            run()
-            times[k].append(time.perf_counter() - t0)
-    print(f"PGD-AT train step, Madry CNN, batch {args.batch}, PGD-{args.steps}, "
-          f"median of {args.repeats}")
-    print(f"| implementation | ms/step | images/s |")
-    print(f"|---|---:|---:|")
-    ips = {}
-    for k, ts in times.items():
-        med = float(np.median(ts))
-        ips[k] = args.batch / med
-        print(f"| {k} | {1000 * med:.1f} | {ips[k]:.1f} |")
-    if "pytorch" in ips:
-        print(f"ratio advjax / pytorch: {ips['advjax'] / ips['pytorch']:.2f}x")
-    rate, what = pipeline_images_per_sec(args.batch)
-    if rate is None:
+    names = [m for m in args.models.split(",") if m]
+    unknown = set(names) - set(MODELS)
+    if unknown:
+        p.error(f"unknown --models {sorted(unknown)}; valid: {sorted(MODELS)}")
+
+    print(_bench.header(f"PGD-AT train step, batch {args.batch}, PGD-{args.steps}, median of "
+                        f"{args.repeats} interleaved rounds"))
+    sgemm = _bench.sgemm_gflops()
+    rate = max(sgemm.values())
+    print("sgemm 2048^3: " + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in sgemm.items())
+          + f"; this CPU's rate: {rate:.1f} GFLOP/s")
+    print("| model | implementation | ms/step | images/s | ratio to pytorch | GFLOP/s | % sgemm |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    skipped = []
+    for key in names:
+        name, fields, label = MODELS[key]
+        adv_run, flax_model, variables = advjax_step_fn(name, fields, args.batch, args.steps)
+        runners = {"advjax": adv_run}
+        try:
+            runners["pytorch"] = torch_step_fn(torch_model(name, fields, flax_model, variables),
+                                               args.batch, args.steps)
+        except ImportError as e:
+            skipped.append(f"{label}: pytorch: {e}")
+        if "pytorch" in runners and not args.no_compile:
+            try:
+                torch = _bench.torch_threads()
+                compiled = torch.compile(torch_model(name, fields, flax_model, variables))
+                run = torch_step_fn(compiled, args.batch, args.steps)
+                run()  # compiles (eval and train graphs); a failure is reported, not fatal
+                runners["torch.compile"] = run
+            except Exception as e:  # noqa: BLE001
+                skipped.append(f"{label}: torch.compile: {type(e).__name__}: "
+                               f"{str(e).splitlines()[0][:160]}")
+        times = _bench.interleaved(runners, args.repeats)
+        flops = (2 * args.steps + 3) * _bench.forward_flops(flax_model, variables, (28, 28, 1))
+        med = {k: float(np.median(t)) for k, t in times.items()}
+        for k, t in med.items():
+            ips = args.batch / t
+            ratio = f"{med['pytorch'] / t:.2f}x" if "pytorch" in med else "n/a"
+            gflops = flops * ips / 1e9
+            print(f"| {label} | {k} | {1000 * t:.1f} | {ips:.1f} | {ratio} | {gflops:.1f} | "
+                  f"{100 * gflops / rate:.0f}% |", flush=True)
+    for s in skipped:
+        print(f"skipped {s}")
+    rate_in, what = pipeline_images_per_sec(args.batch)
+    if rate_in is None:
         print(f"input pipeline: unavailable ({what})")
     else:
-        print(f"input pipeline: {rate:,.0f} images/s ({what}, batch {args.batch})")
+        print(f"input pipeline: {rate_in:,.0f} images/s ({what}, batch {args.batch})")
+    print(f"load at the end {_bench.load()}")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
-"""AT_PGD (Madry et al.; the Table-1 baseline) on Fashion-MNIST: PGD-10 with step eps / 4
-and a random start.
+"""AT_PGD (Madry et al.; the ADT Table-1 baseline) on Fashion-MNIST: PGD-10 with step eps / 4 and a
+random start, trained on the adversarial examples only.
 
-One of the five ADT Table-1 configs; the shared protocol and evaluation columns are described in
-`advjax.config.adt_fmnist_base`.
+One of the five ADT Table-1 configs; the shared protocol (all 60k / 10k images, CNN-4C3F 16/32/128,
+SGD 0.01 momentum 0.9 as the no-batch-norm MNIST authors use, weight decay 2e-4 as ADT's release)
+and the evaluation columns are described in `advjax.config.adt_fmnist_base`.
 
     advjax train --config configs/adt_at_pgd_fmnist.py --workdir workdirs/adt_at_pgd_fmnist
 """

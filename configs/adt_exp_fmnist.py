@@ -1,5 +1,5 @@
-"""ADT_EXP (Sec. 3.1) on Fashion-MNIST: per-example tanh-Gaussians, Adam lr 0.3, T = 7, k = 5,
-lam = 0.01 (the paper's settings).
+"""ADT_EXP (Sec. 3.1) on Fashion-MNIST: per-example tanh-Gaussians, Adam lr 0.3 (b1 = b2 = 0 as the
+released adt_exp.py), T = 7, k = 5, lam = 0.01 (the paper's settings).
 
 One of the five ADT Table-1 configs; the shared protocol and evaluation columns are described in
 `advjax.config.adt_fmnist_base`.

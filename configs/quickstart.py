@@ -1,8 +1,15 @@
 """Quickstart: PGD adversarial training (Madry et al. 2018) of a small CNN-4C3F on the real
-Fashion-MNIST (Debian's dataset-fashion-mnist), linf eps = 0.1, then FGSM / PGD-20 / APGD-CE
-evaluation on 1,000 test images. A few minutes on 2 CPU cores.
+Fashion-MNIST (Debian's dataset-fashion-mnist), linf eps = 0.1, then FGSM / PGD-20 / APGD-CE /
+APGD-T evaluation on 1,000 test images. A few minutes on 2 CPU cores.
 
     advjax train --config configs/quickstart.py --workdir workdirs/quickstart
+
+The targeted APGD-T is there because an evaluation by untargeted attacks alone over-estimates
+robustness; it uses 3 target classes and 50 iterations (AutoAttack's: 9 and 100) to keep the
+quickstart short. The full AutoAttack (standard version) of the trained model:
+
+    advjax eval --config configs/quickstart.py --workdir workdirs/quickstart \
+        --config.eval.autoattack.norm=linf --config.eval.autoattack.eps=0.1
 """
 
 from advjax.config import default_config
@@ -30,5 +37,6 @@ def get_config():
         dict(name="fgsm", eps=0.1),
         dict(name="pgd", label="pgd-20", eps=0.1, step_size=0.025, steps=20),
         dict(name="apgd_ce", label="apgd-ce-50", eps=0.1, steps=50),
+        dict(name="apgd_t", label="apgd-t-50", eps=0.1, steps=50, num_target_classes=3),
     ]
     return c

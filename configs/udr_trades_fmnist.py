@@ -1,18 +1,17 @@
 """UDR-TRADES (thesis Ch. 5, Sec. 3 and Algorithm 1) on Fashion-MNIST:
-L = CE(h(x)) + beta KL(h(x) || h(x^a)), beta = 6 (TRADES' value; the chapter uses 1 on MNIST). The
-adversary maximizes the same risk (its x' gradient is beta grad KL). Baseline: trades with beta = 6.
+L = CE(h(x)) + beta KL(h(x) || h(x^a)), beta = 6; the adversary maximizes the same risk (its x'
+gradient is beta grad KL) from TRADES' start x + 0.001 N(0, I). Matched baseline: trades_fmnist
+(same beta, start and budget).
 
-UDR hyperparameters: the adversary takes PGD-AT's budget (10 steps of eta = eps / 4 from a uniform start)
-with the per-pixel linf pull of the authors' code, tau = eta, lambda_0 = 1, eta_lambda = 0.02 per step.
-lambda is updated by Eq. (19) from the mean absolute pixel perturbation (lambda_distance = "mean_abs",
-the authors' code) rather than the linf distance of App. G (the library default, "threat"): with
-hard clipping every example's linf distance is exactly eps, so the linf version leaves lambda at its
-hard-ball value (see experiments/udr_toy/README.md), while the mean over pixels is below eps and lets
-lambda decrease. (The code also updates lambda only every 10 steps, with the 10 batches' mean.)
-Caveat: with lambda_0 = 1 and tau = eta the pull starts as exact hard clipping (kappa = 1), so UDR only
-departs from its baseline once lambda has decreased.
+UDR hyperparameters (`advjax.config.udr_pgd_adversary`): the adversary takes the baseline's budget
+(10 steps of eta = eps / 4) with the authors' code's soft ball: per-pixel linf pull, tau = eta,
+lambda_0 = 1, and their lambda schedule (`lambda_schedule="code"`): Eq. (19) on the mean absolute
+pixel perturbation every 10 steps with eta_lambda = 0.02 (about 0.002 per step) and no clamp.
+With lambda_0 = 1 and tau = eta the pull starts as exact hard clipping (kappa = 1): UDR departs
+from its baseline as lambda decreases; the study logs lambda and the adversary's mean linf / l2
+norms and trains until lambda settles.
 
-linf eps = 0.1. One of the distributional-robustness configs (see `advjax.config.dro_fmnist_base`).
+linf eps = 0.1. The studies' protocol (see `advjax.config.dro_fmnist_base`).
 
     advjax train --config configs/udr_trades_fmnist.py --workdir workdirs/udr_trades_fmnist
 """
@@ -26,4 +25,5 @@ def get_config():
     c = udr_pgd_adversary(dro_fmnist_base(EPS), EPS)
     c.objective.name = "udr_trades"
     c.objective.beta = 6.0
+    c.objective.start = "trades"
     return c

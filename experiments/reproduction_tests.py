@@ -59,7 +59,7 @@ ADT_ATTACKS = ["clean", "fgsm", "pgd-20", "pgd-100", "mim-20", "cw-30", "exp"]
 
 
 def adt_rows():
-    z = _load("adt_fmnist/per_example.npz")
+    z = _load("adt_fmnist/issue6/per_example.npz")
     rows = []
     base = "AT_PGD"
     for m in ("ADT_EXP", "ADT_EXP-AM seed 1", "ADT_IMP-AM"):
@@ -76,7 +76,7 @@ def adt_rows():
 
 
 def dro_rows():
-    z = _load("dro_fmnist/per_example.npz")
+    z = _load("dro_fmnist/issue5/per_example.npz")
     rows = []
     for m in ("WRM (DRA_2)", "DRA_A"):
         for col in ("l2-1.5", "l2-2.0"):
@@ -163,8 +163,8 @@ def main():
     head = ("| id | measure | A vs B | accuracy A vs B (%) | A - B (points) | b / c | p | n | "
             "smallest detectable (points) |\n|---|---|---|---|---:|---:|---:|---:|---:|")
     sections = [("DAA (stand-in model, experiments/daa_fmnist/standin)", daa_rows()),
-                ("ADT (experiments/adt_fmnist)", adt_rows()),
-                ("DRA and UDR (experiments/dro_fmnist)", dro_rows()),
+                ("ADT (experiments/adt_fmnist/issue6, the issue-6 run)", adt_rows()),
+                ("DRA and UDR (experiments/dro_fmnist/issue5, the issue-5 run)", dro_rows()),
                 ("UDR toy problem (experiments/udr_toy; per-seed accuracies, paired t)",
                  udr_toy_rows()),
                 ("Thesis ADR / ASCL / CCE (experiments/thesis_fmnist/issue7)", thesis_rows()),

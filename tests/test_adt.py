@@ -315,13 +315,18 @@ class TinyBNNet(nn.Module):
         return (logits, h) if return_features else logits
 
 
-SMALL_GEN = dict(generator_width=4, generator_blocks=1)
+# The AM objectives in their default variant "code" (the released scripts: raw gradient inputs;
+# IMP-AM's 64-d noise vector, hinged entropy and delta-only conv encoder), with a one-block uniform
+# generator to keep compilation short: the released generator's blocks are checked in
+# test_released_generator_architecture_and_variant_defaults. The "paper" variant's parts: per-pixel
+# noise and the [delta, x] encoder in test_samples_and_generator_outputs_stay_in_ball_and_box, the
+# x-only input in test_train_and_evaluate_adt_exp_am_checkpoints_the_generator.
+SMALL_GEN = dict(generator_width=4, generator_blocks=1, generator_arch="uniform")
 OBJECTIVE_CASES = {
     "adt_exp": dict(eps=0.1, steps=2, samples=2),
     "adt_exp_trades": dict(eps=0.1, steps=2, samples=2, beta=1.0),
     "adt_exp_am": dict(eps=0.1, input_shape=(4, 4, 1), **SMALL_GEN),
-    "adt_imp_am": dict(eps=0.1, input_shape=(4, 4, 1), encoder_width=4, encoder_blocks=1,
-                       **SMALL_GEN),
+    "adt_imp_am": dict(eps=0.1, input_shape=(4, 4, 1), z_dim=4, encoder_width=2, **SMALL_GEN),
 }
 
 
@@ -411,6 +416,7 @@ def test_train_and_evaluate_adt_exp_am_checkpoints_the_generator(tmp_path):
     c.objective.input_shape = (8, 8, 1)
     c.objective.generator_width = 8
     c.objective.generator_blocks = 1
+    c.objective.generator_arch = "uniform"
     c.objective.generator_input = "image"  # a smaller program to compile
     c.optim.lr = 0.05
     c.train.epochs = 1
@@ -441,3 +447,121 @@ def test_train_and_evaluate_adt_exp_am_checkpoints_the_generator(tmp_path):
     counts = [int(l) for l in jax.tree_util.tree_leaves(restored["generator_opt"])
               if np.ndim(l) == 0]
     assert counts == [2]
+
+
+# ------------------------------------------------------------------------------------------------
+# Table 5's TRADES loss, and the released code's variants of the amortized methods
+# ------------------------------------------------------------------------------------------------
+
+def test_adt_trades_inner_problem_is_beta_kl_plus_entropy():
+    """Eq. (5) with the TRADES loss: the inner problem is max_p beta E[KL] + lam H
+    (`trades_inner_loss`). (a) The objective's loss is rebuilt from adt_exp_inner with that loss
+    under the objective's keys (the former defect, loss="kl", i.e. E[KL] + lam H, fails this at
+    beta = 4). (b) With the released Adam (b1 = b2 = 0, a per-coordinate sign step) beta E[KL] +
+    lam H has the maximizer of E[KL] + (lam / beta) H, and beta = 1 is ADT_EXP's problem with KL;
+    the entropy weight matters (lam vs lam / beta give other distributions)."""
+    from advjax.objectives.adt import trades_inner_loss
+    from advjax.objectives.trades import trades_loss
+    model = TinyBNNet()
+    x = jax.random.uniform(jax.random.PRNGKey(0), (8, 4, 4, 1))
+    y = jnp.arange(8) % 3
+    variables = fast_jit(model.init)(jax.random.PRNGKey(1), x)
+    params, ms = variables["params"], {"batch_stats": variables["batch_stats"]}
+    hp = dict(eps=0.3, steps=3, samples=2)
+    beta, lam = 4.0, 1.0
+    obj = objectives.make_objective("adt_exp_trades", model.apply, dict(hp, beta=beta, lam=lam))
+
+    def run(params, ms, key):
+        loss, _ = obj(params, {"model": ms, "method": {}}, {"image": x, "label": y}, key)
+        k_inner, k_draw, _, _, _ = jax.random.split(key, 5)
+        f = lambda xa: model.apply({"params": params, **ms}, xa, train=False)
+        inner = lambda l, **kw: adt.adt_exp_inner(f, x, y, key=k_inner, loss=l, **kw, **hp)
+        dist = inner(trades_inner_loss(f(x), beta), lam=lam)
+        delta, _ = adt.sample_tanh_gaussian(k_draw, dist, 0.3)
+        ln, s = model.apply({"params": params, **ms}, x, train=True, mutable=["batch_stats"])
+        la, _ = model.apply({"params": params, **s}, adt.perturb(x, delta), train=True,
+                            mutable=["batch_stats"])
+        scaled = inner("kl", lam=lam / beta)
+        beta_one = inner(trades_inner_loss(f(x), 1.0), lam=lam)
+        return (loss, trades_loss(ln, la, y, beta)[0], dist, scaled, inner("kl", lam=lam),
+                beta_one)
+
+    loss, rebuilt, dist, scaled, unscaled, beta_one = fast_jit(run)(params, ms,
+                                                                   jax.random.PRNGKey(5))
+    np.testing.assert_allclose(float(loss), float(rebuilt), rtol=1e-5)
+    # Equal up to Adam's epsilon (1e-8 next to |gradients| that are tiny on a few coordinates).
+    np.testing.assert_allclose(dist.mu, scaled.mu, atol=1e-3)
+    np.testing.assert_allclose(dist.sigma, scaled.sigma, atol=1e-3)
+    np.testing.assert_allclose(beta_one.sigma, unscaled.sigma, atol=1e-6)
+    np.testing.assert_allclose(beta_one.mu, unscaled.mu, atol=1e-6)
+    assert float(jnp.mean(jnp.abs(unscaled.mu - dist.mu))) > 0.01
+
+
+def test_generator_inputs_raw_gradients_are_the_released_batch_mean():
+    """"image_and_raw_gradients": the gradient of the batch-mean CE (the released adt_expam.py's
+    F.cross_entropy default), i.e. per-example gradient / batch size, at x and at the FGSM point;
+    "image_and_gradients" rescales the same gradients to unit linf per example."""
+    w = jax.random.normal(jax.random.PRNGKey(0), (16, 3))
+    f = lambda xa: xa.reshape(xa.shape[0], -1) @ w
+    x = jax.random.uniform(jax.random.PRNGKey(1), (6, 4, 4, 1))
+    y = jnp.arange(6) % 3
+    from advjax.losses import cross_entropy
+    per_example = jax.grad(lambda z: jnp.sum(cross_entropy(f(z), y)))
+    g0 = per_example(x)
+    g1 = per_example(jnp.clip(x + 0.1 * jnp.sign(g0), 0, 1))
+    raw = adt.generator_inputs(f, x, y, eps=0.1, mode="image_and_raw_gradients")
+    np.testing.assert_allclose(raw, jnp.concatenate([x, g0 / 6, g1 / 6], -1), rtol=1e-5,
+                               atol=1e-8)
+    # The global batch: features do not depend on how the batch is split over devices.
+    raw_global = adt.generator_inputs(f, x, y, eps=0.1, mode="image_and_raw_gradients",
+                                      batch_size=24)
+    np.testing.assert_allclose(raw_global[..., 1:], raw[..., 1:] / 4, rtol=1e-5, atol=1e-9)
+    unit = adt.generator_inputs(f, x, y, eps=0.1, mode="image_and_gradients")
+    m = np.abs(np.asarray(g0).reshape(6, -1)).max(1).reshape(6, 1, 1)
+    np.testing.assert_allclose(unit[..., 1], np.asarray(g0)[..., 0] / m, rtol=1e-5, atol=1e-7)
+    assert adt.generator_input_channels(1, "image_and_raw_gradients") == 3
+
+
+def test_released_generator_architecture_and_variant_defaults():
+    """generator_arch="released": stem w, blocks 2w, 2w, w with 1x1 shortcuts where the width
+    changes, bias-free random head (the released ResnetGenerator); "uniform": zero head, so the
+    paper variant's EXP-AM starts at ADT_EXP's mu = 0, sigma = log 2. The variants set the inputs."""
+    apply = TinyBNNet().apply
+    shapes = lambda obj: jax.tree_util.tree_map(
+        lambda a: a.shape, jax.eval_shape(obj.init_method_state, jax.random.PRNGKey(0)))
+    code = shapes(objectives.make_objective(
+        "adt_exp_am", apply, dict(eps=0.1, input_shape=(4, 4, 1), generator_width=3)))
+    p = code["generator"]["params"]
+    assert p["stem"]["kernel"] == (3, 3, 3, 3)          # [x, g0, g1] -> w
+    assert p["block1"]["conv1"]["kernel"] == (3, 3, 3, 6) and "shortcut" in p["block1"]
+    assert p["block2"]["conv2"]["kernel"] == (3, 3, 6, 6) and "shortcut" not in p["block2"]
+    assert p["block3"]["shortcut"]["kernel"] == (1, 1, 6, 3)
+    assert p["head"] == {"kernel": (3, 3, 3, 2)}       # no bias
+    paper = objectives.make_objective("adt_exp_am", apply, dict(
+        eps=0.1, input_shape=(4, 4, 1), variant="paper", generator_width=3, generator_blocks=1))
+    state = paper.init_method_state(jax.random.PRNGKey(0))
+    assert state["generator"]["params"]["stem"]["kernel"].shape == (3, 3, 1, 3)   # x only
+    assert float(jnp.abs(state["generator"]["params"]["head"]["kernel"]).max()) == 0.0
+    imp = shapes(objectives.make_objective(
+        "adt_imp_am", apply, dict(eps=0.1, input_shape=(4, 4, 1), generator_width=2, z_dim=5)))
+    assert imp["generator"]["params"]["z_fc1"]["kernel"] == (5, 256)   # the 64-d z's MLP
+    assert imp["encoder"]["params"]["conv1"]["kernel"] == (5, 5, 1, 32)  # sees delta only
+    assert imp["encoder"]["params"]["fc"]["kernel"] == (256, 10)
+    with pytest.raises(ValueError, match="variant"):
+        objectives.make_objective("adt_exp_am", apply, dict(eps=0.1, input_shape=(4, 4, 1),
+                                                            variant="other"))
+    with pytest.raises(ValueError, match="3 blocks"):
+        objectives.make_objective("adt_exp_am", apply, dict(eps=0.1, input_shape=(4, 4, 1),
+                                                            generator_blocks=2))
+
+
+def test_imp_am_released_hinge():
+    """The released entropy term lam * -relu(-E log q - 0.9): zero (and no gradient) once the bound
+    log 2 + E log q exceeds log 2 - 0.9; below it, the bound itself (shifted)."""
+    high = jnp.array([0.0, 0.1])          # -E log q = log 2 - 0.05 < 0.9
+    low = jnp.array([-1.0, -2.0])
+    assert float(adt.entropy_term(high, 0.9)) == 0.0
+    assert float(jnp.abs(jax.grad(lambda b: adt.entropy_term(b, 0.9))(high)).max()) == 0.0
+    np.testing.assert_allclose(adt.entropy_term(low, 0.9), -(np.log(2) + 1.5 - 0.9), rtol=1e-6)
+    np.testing.assert_allclose(jax.grad(lambda b: adt.entropy_term(b, 0.9))(low), [0.5, 0.5])
+    np.testing.assert_allclose(adt.entropy_term(low, None), -1.5)

@@ -221,3 +221,26 @@ def test_default_step_sizes():
     np.testing.assert_allclose(run(0.1), attacks.pgd(f, x, y, key=key, eps=0.1, steps=4), atol=1e-6)
     run(0.2)
     assert len(traces) == 1
+
+
+@pytest.mark.parametrize("name,norm", [("square", "linf"), ("square", "l2"), ("fab", "linf"),
+                                       ("fab_t", "l2")])
+def test_square_and_fab_in_a_box_are_the_unit_box_attack_rescaled(name, norm):
+    """Square's windows and FAB's box-constrained projection in [lo, hi] = the [0, 1] run scaled."""
+    lo, hi = -1.0, 3.0
+    g = linear_model(jax.random.PRNGKey(15), dim=36, scale=4.0)
+    f = lambda x: g((x - lo) / (hi - lo))
+    u = edge_batch(jax.random.PRNGKey(16), 0.0, 1.0, shape=(8, 6, 6, 1))
+    x = lo + (hi - lo) * u
+    y = jnp.argmax(g(u), -1)
+    eps = 0.1 if norm == "linf" else 0.5
+    hp = dict(n_queries=30) if name == "square" else dict(steps=10)
+    if name == "fab_t":
+        hp["num_target_classes"] = 2
+    attack = getattr(attacks, name)
+    key = jax.random.PRNGKey(17)
+    x_adv = attack(f, x, y, key=key, eps=eps * (hi - lo), norm=norm, bounds=(lo, hi), **hp)
+    u_adv = attack(g, u, y, key=key, eps=eps, norm=norm, **hp)
+    assert_in_box_and_ball(x_adv, x, eps * (hi - lo), (lo, hi), norm)
+    assert not np.allclose(u_adv, u)  # it moved something
+    np.testing.assert_allclose((x_adv - lo) / (hi - lo), u_adv, atol=1e-4)

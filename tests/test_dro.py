@@ -504,3 +504,181 @@ def test_udr_toy_soft_ball_beats_pgd_at():
     assert clean_pgd > 0.95 and clean_udr > 0.95
     assert robust_udr >= robust_pgd + 0.03, (robust_udr, robust_pgd)
     assert lambdas == pytest.approx([0.1] * len(lambdas))
+
+
+# ------------------------------------------------------------------------------------------------
+# Issue 15: UDR's lambda (distance, schedule), App. G's pull, the matched baseline; WRM as
+# Sinha et al.'s released code; DRA_A without the eigenvalue floor
+# ------------------------------------------------------------------------------------------------
+
+def test_udr_lambda_moves_under_the_defaults_and_the_linf_distance_is_a_fixed_point(net):
+    """The [code] values lambda_0 = 1, tau = eta make the linf pull a hard projection (kappa = 1), so
+    every example ends on the ball's surface. With the default distance (mean |delta_j|, the
+    authors' code) lambda then decreases by (19); with App. G's linf distance eps - c_hat = 0 and
+    lambda never moves: UDR stays PGD-AT (the trap the default avoids)."""
+    params, _, x, y = net
+    batch = {"image": x, "label": y}
+    hp = dict(eps=0.1, step_size=0.025, steps=10)      # the studies' PGD-10 budget, tau = eta
+    obj, objective = _make("udr_pgd", hp)
+    _, aux = obj(params, _state(objective.init_method_state(None)), batch, jax.random.PRNGKey(0))
+    m = aux["metrics"]
+    assert float(m["outside"]) == 0.0 and float(m["mean_abs"]) < 0.1
+    np.testing.assert_allclose(m["lambda"], 1.0 - 0.02 * (0.1 - m["mean_abs"]), rtol=1e-6)
+    assert float(m["lambda"]) < 1.0
+    np.testing.assert_allclose(m["linf"], 0.1, rtol=1e-5)          # logged adversary sizes
+    assert float(m["l2"]) > float(m["mean_abs"]) > 0
+    trap, objective = _make("udr_pgd", dict(hp, lambda_distance="threat"))
+    _, aux = trap(params, _state(objective.init_method_state(None)), batch, jax.random.PRNGKey(0))
+    assert float(aux["metrics"]["lambda"]) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_udr_code_lambda_schedule():
+    """[code]: lambda <- lambda - eta_lambda (eps - mean of the batches since the last update), at
+    steps 0, 10, 20, ... (the code's i % 10 == 0), on the raw distance, without the clamp at 0."""
+    state = udr.init_lambda_state(1.0, "code")
+    dists = np.linspace(0.01, 0.2, 25)
+    lams = []
+    for d in dists:
+        state = udr.lambda_step(state, jnp.float32(d), jnp.float32(99.0), 0.1, 0.5, "code", 10)
+        lams.append(float(state["lambda"]))
+    lam1 = 1.0 - 0.5 * (0.1 - dists[0])
+    lam2 = lam1 - 0.5 * (0.1 - dists[1:11].mean())
+    lam3 = lam2 - 0.5 * (0.1 - dists[11:21].mean())
+    np.testing.assert_allclose(lams[:10], [lam1] * 10, rtol=1e-6)
+    np.testing.assert_allclose(lams[10:20], [lam2] * 10, rtol=1e-6)
+    np.testing.assert_allclose(lams[20:], [lam3] * 5, rtol=1e-6)
+    assert int(state["lambda_step"]) == 25 and float(state["dist_count"]) == 4
+    # No clamp: far inside the ball with a large rate, lambda goes negative (the "paper" schedule
+    # stops at 0).
+    low = udr.lambda_step(udr.init_lambda_state(0.01, "code"), jnp.float32(0.0), jnp.float32(0.0),
+                          0.1, 1.0, "code")
+    assert float(low["lambda"]) == pytest.approx(0.01 - 0.1)
+    paper = udr.lambda_step(udr.init_lambda_state(0.01), jnp.float32(0.0), jnp.float32(0.0), 0.1,
+                            1.0)
+    assert float(paper["lambda"]) == 0.0 and set(paper) == {"lambda"}
+
+
+def test_udr_code_schedule_under_the_objective(net):
+    params, _, x, y = net
+    obj, objective = _make("udr_trades", dict(eps=0.1, step_size=0.025, steps=3, lambda_0=0.5,
+                                              lambda_schedule="code", lambda_lr=0.3))
+    state = _state(objective.init_method_state(None))
+    assert set(state["method"]) == {"lambda", "dist_sum", "dist_count", "lambda_step"}
+    lams = []
+    for i in range(3):
+        _, aux = obj(params, state, {"image": x, "label": y}, jax.random.PRNGKey(i))
+        state = _state(aux["state"]["method"])
+        lams.append(float(aux["metrics"]["lambda"]))
+    m = aux["metrics"]
+    assert lams[0] < 0.5 and lams[1] == lams[0] == lams[2]   # updated at step 0 only
+    assert float(state["method"]["dist_count"]) == 2 and int(state["method"]["lambda_step"]) == 3
+    with pytest.raises(ValueError, match="lambda_schedule"):
+        _make("udr_pgd", dict(eps=0.1, step_size=0.01, steps=1, lambda_schedule="every"))
+
+
+def test_udr_single_pixel_pull_of_app_g(net):
+    """pull="linf_single": the linf cost's gradient is one-hot at the largest |delta_i|, so one pixel
+    per example is pulled (by the per-pixel pull's step), the others stay where the push put them."""
+    d = jnp.array([[0.05, 0.2, -0.3, -0.1], [0.12, -0.11, 0.0, 0.05]])
+    out = udr.pull_linf_single(d, 0.1, 1.0)
+    np.testing.assert_allclose(out, [[0.05, 0.2, -0.1, -0.1], [0.1, -0.11, 0.0, 0.05]], rtol=1e-6)
+    np.testing.assert_allclose(udr.pull_linf_single(d, 0.1, 0.5)[0, 2], -0.2, rtol=1e-6)
+    inside = jnp.array([[0.05, -0.08]])
+    np.testing.assert_allclose(udr.pull_linf_single(inside, 0.1, 1.0), inside)
+    _, f, x, y = net
+    kw = dict(key=jax.random.PRNGKey(0), lam=jnp.float32(1.0), eps=0.1, step_size=0.01, steps=5,
+              tau=0.01)
+    single = udr.udr_attack(f, x, y, pull="linf_single", **kw)
+    full = udr.udr_attack(f, x, y, pull="linf", **kw)
+    # kappa = 1: the per-pixel pull projects every pixel, the single pull only one per step.
+    assert float(jnp.abs(full - x).max()) <= 0.1 + 1e-6
+    excess = np.abs(np.asarray(single - x)) > 0.1 + 1e-6
+    assert excess.any(axis=1).all() and excess.sum() > x.shape[0]
+    with pytest.raises(ValueError, match="linf_single"):
+        udr.udr_attack(f, x, y, pull="linf_single", norm="l2", **kw)
+
+
+def test_pgd_at_with_eq5_loss_is_the_udr_pgd_hard_ball_baseline(net):
+    """pgd_at(beta=b): CE(x) + b CE(x_pgd), twice the convex mix = 0.5 loss at b = 1 (same keys);
+    udr_pgd in its hard-ball limit (lambda huge) trains on the same loss at its PGD point."""
+    params, f, x, y = net
+    batch = {"image": x, "label": y}
+    pgd_hp = dict(eps=0.1, step_size=0.025, steps=4)
+    eq5, _ = _make("pgd_at", dict(pgd_hp, beta=1.0))
+    mixed, _ = _make("pgd_at", dict(pgd_hp, mix=0.5))
+    key = jax.random.PRNGKey(4)
+    l_eq5 = eq5(params, _state(), batch, key)[0]
+    np.testing.assert_allclose(l_eq5, 2 * mixed(params, _state(), batch, key)[0], rtol=1e-6)
+    k_attack = jax.random.split(key, 4)[0]
+    x_pgd = attacks.pgd(f, x, y, key=k_attack, **pgd_hp)
+    ce = lambda z: losses.cross_entropy(f(z), y).mean()
+    b3, _ = _make("pgd_at", dict(pgd_hp, beta=3.0))
+    np.testing.assert_allclose(b3(params, _state(), batch, key)[0], ce(x) + 3 * ce(x_pgd),
+                               rtol=1e-5)
+    hard, objective = _make("udr_pgd", dict(pgd_hp, lambda_0=1e4, lambda_lr=0.0, beta=3.0))
+    l_udr = hard(params, _state(objective.init_method_state(None)), batch, key)[0]
+    k_udr_attack = jax.random.split(jax.random.split(key, 3)[0])[0]
+    x_udr = attacks.pgd(f, x, y, key=k_udr_attack, **pgd_hp)
+    np.testing.assert_allclose(l_udr, ce(x) + 3 * ce(x_udr), rtol=1e-5)
+    with pytest.raises(ValueError, match="either mix"):
+        objectives.make_objective("pgd_at", _mlp_apply_fn, dict(pgd_hp, mix=0.5, beta=1.0))
+
+
+def _np_sinha(f, x, y, gamma, steps, smoothing=0.1):
+    """Sinha et al.'s attacks_tf.wrm in NumPy (float64): x + eps grad(eps = 0.5 / gamma), then
+    x' += 1 / sqrt(t + 2) (eps grad - (x' - x)), with the label-smoothed CE."""
+    x64 = np.asarray(x, np.float64)
+    k = 5
+    target = np.full((x.shape[0], k), smoothing / (k - 1))
+    target[np.arange(x.shape[0]), np.asarray(y)] = 1 - smoothing
+    g = jax.grad(lambda z: jnp.sum(-jnp.sum(jnp.asarray(target, jnp.float32)
+                                            * jax.nn.log_softmax(f(z)), -1)))
+    grad = lambda z: np.asarray(g(jnp.asarray(z, jnp.float32)), np.float64)
+    e = 0.5 / gamma
+    xa = x64 + e * grad(x64)
+    for t in range(steps):
+        xa = xa + 1 / np.sqrt(t + 2) * (e * grad(xa) - (xa - x64))
+    return xa
+
+
+def test_wrm_sinha_code_variant_is_the_released_recursion(net):
+    params, f, x, y = net
+    x_edge = x.at[:, :3].set(0.999)          # near the box: the released attack does not clip
+    gamma = 0.5 / 1.3                         # the released MNIST run: eps = 1.3
+    out = wrm(f, x_edge, y, gamma=gamma, steps=6, variant="sinha_code")
+    ref = _np_sinha(f, x_edge, y, gamma, 6)
+    np.testing.assert_allclose(out, ref, rtol=1e-3, atol=1e-3)   # float32 vs float64 steps
+    assert float(out.max()) > 1.0 or float(out.min()) < 0.0
+    # Label smoothing 0 and s: -sum target log p.
+    from advjax.attacks.wrm import smoothed_cross_entropy
+    logits = f(x)
+    np.testing.assert_allclose(smoothed_cross_entropy(logits, y, 0.0),
+                               losses.cross_entropy(logits, y), rtol=1e-6)
+    # The objective trains on the smoothed CE at the released attack's point.
+    obj, _ = _make("wrm", dict(gamma=gamma, steps=6, variant="sinha_code"))
+    loss, _ = obj(params, _state(), {"image": x_edge, "label": y}, jax.random.PRNGKey(0))
+    np.testing.assert_allclose(loss, smoothed_cross_entropy(f(out), y, 0.1).mean(), rtol=1e-4)
+    with pytest.raises(ValueError, match="sinha_code"):
+        wrm(f, x, y, gamma=gamma, steps=2, variant="sinha_code", cost="linf")
+    with pytest.raises(ValueError, match="gamma > 0"):
+        wrm(f, x, y, gamma=0.0, steps=2, variant="sinha_code")
+    with pytest.raises(ValueError, match="step_size"):
+        wrm(f, x, y, gamma=1.0, steps=2)
+
+
+def test_theorem2_without_the_floor_is_the_paper():
+    """psi_floor = 0: Theorem 2 exactly as stated on a full-rank scatter (the floor never bound), and
+    a finite (huge) Lambda on a rank-deficient one, where psi_floor > 0 caps the condition number."""
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(50, 4)) * np.array([3.0, 1.0, 0.3, 0.1])
+    S = jnp.asarray(z.T @ z, jnp.float32)
+    A0, lam0 = dra.theorem2_matrix(S, 2.0, psi_floor=0.0)
+    psi = np.linalg.eigvalsh(np.asarray(S, np.float64))
+    np.testing.assert_allclose(np.sort(lam0), np.sort(dra.theorem2_eigenvalues(jnp.asarray(psi),
+                                                                               2.0)), rtol=1e-4)
+    _, lam_def = dra.theorem2_matrix(S, 2.0)
+    np.testing.assert_allclose(lam0, lam_def, rtol=1e-5)     # 1e-6 did not bind either
+    _, lam_rd = dra.theorem2_matrix(jnp.diag(jnp.array([1.0, 0.0, 0.0])), 2.0, psi_floor=0.0)
+    assert np.all(np.isfinite(lam_rd)) and float(lam_rd.max() / lam_rd.min()) > 1e6
+    objectives.make_objective("dra_mahalanobis", _mlp_apply_fn, dict(
+        gamma=1.0, step_size=0.1, steps=1, input_dim=12, psi_floor=0.0))

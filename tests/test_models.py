@@ -321,41 +321,7 @@ def test_max_pool_rejects_bad_arguments():
         layers.max_pool(jnp.zeros((1, 4, 4, 2)), impl="fast")
 
 
-@pytest.mark.parametrize("kernel,padding,c_in", [((5, 5), "SAME", 1), ((4, 3), "VALID", 2)])
-def test_conv_patches_grad_matches_xla(kernel, padding, c_in):
-    rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.uniform(size=(3, 9, 8, c_in)), jnp.float32)
-    t = jnp.asarray(rng.normal(size=x.shape), jnp.float32)
-    variables = {"params": {"kernel": jnp.asarray(rng.normal(size=(*kernel, c_in, 5)), jnp.float32),
-                            "bias": jnp.asarray(rng.normal(size=(5,)), jnp.float32)}}
-
-    @functools.partial(jax.jit, static_argnums=0)
-    def derivatives(impl, variables, x, t):
-        conv = layers.Conv(5, kernel, padding=padding, impl=impl)
-        y = conv.apply(variables, x)
-        g = jnp.cos(jnp.arange(y.size, dtype=y.dtype)).reshape(y.shape)
-
-        def loss(p, v):
-            return jnp.sum(g[: v.shape[0]] * jnp.tanh(conv.apply(p, v)))
-
-        return dict(
-            y=y,
-            grads=jax.grad(loss, argnums=(0, 1))(variables, x),
-            input_grad=jax.grad(loss, argnums=1)(variables, x),
-            # Per-example input gradients under vmap, forward mode, and a second derivative.
-            per_example=jax.vmap(jax.grad(lambda v: loss(variables, v[None])))(x),
-            jvp=jax.jvp(lambda v: conv.apply(variables, v), (x,), (t,))[1],
-            hvp=jax.grad(lambda v: jnp.vdot(jax.grad(loss, argnums=1)(variables, v), t))(x),
-        )
-
-    ref = derivatives("xla", variables, x, t)
-    got = derivatives("patches_grad", variables, x, t)
-    # The same parameters (names, shapes, dtypes), and up to rounding the same values everywhere.
-    inits = [jax.eval_shape(layers.Conv(5, kernel, padding=padding, impl=impl).init, KEY, x)
-             for impl in ("xla", "patches_grad")]
-    assert inits[0] == inits[1] == jax.eval_shape(lambda: variables)
-    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
-                           got, ref)
+# Every `layers.Conv` implementation against XLA's convolution: tests/test_layers.py.
 
 
 def test_fast_implementations_do_not_change_the_model():
@@ -371,9 +337,10 @@ def test_fast_implementations_do_not_change_the_model():
 
     fast = models.MadryCNN(widths=(4, 8))
     plain = models.MadryCNN(widths=(4, 8), pool_impl="nn", first_conv_impl="xla")
-    # Both fast paths are the defaults of MadryCNN and CNN4C3F (whose layers are tested above).
+    # The fast paths are the CPU defaults of MadryCNN and CNN4C3F (layers: tests/test_layers.py).
     for model in (fast, models.CNN4C3F()):
-        assert model.pool_impl == "reshape" and model.first_conv_impl == "patches_grad"
+        assert model.pool_impl == "reshape" and model.first_conv_impl == model.conv_impl == "auto"
+    assert layers.resolve_conv_impl("auto", 1) == "patches_grad"
     variables = _variables(fast, shape)
     for a, b in zip(logits_and_input_grad(fast, variables, x),
                     logits_and_input_grad(plain, variables, x)):
@@ -571,20 +538,6 @@ def _compare_with_twin(torch, flax_model, variables, twin, x, y):
     grad, logits = jax.jit(jax.grad(loss, has_aux=True))(jnp.asarray(x))
     np.testing.assert_allclose(logits, logits_t.detach().numpy(), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(grad, xt.grad.numpy().transpose(0, 2, 3, 1), rtol=1e-3, atol=1e-6)
-
-
-@pytest.mark.parametrize("padding", ["SAME", "VALID"])
-@pytest.mark.parametrize("k", [3, 4, 5])
-def test_explicit_grad_conv_matches_xla_gradients(padding, k):
-    """The explicit input-gradient convolution (the default, fast inside attack loops on XLA:CPU)
-    has the same value and the same input and kernel gradients as XLA's convolution."""
-    x = jax.random.normal(jax.random.PRNGKey(0), (2, 9, 8, 3))
-    w = jax.random.normal(jax.random.PRNGKey(1), (k, k, 3, 4))
-    f_ref = lambda x, w: jnp.sum(jnp.sin(layers._conv_xla(x, w, padding)))
-    f_new = lambda x, w: jnp.sum(jnp.sin(layers._conv_explicit_grad(x, w, padding)))
-    np.testing.assert_allclose(f_new(x, w), f_ref(x, w), rtol=1e-6)
-    for g_new, g_ref in zip(jax.grad(f_new, (0, 1))(x, w), jax.grad(f_ref, (0, 1))(x, w)):
-        np.testing.assert_allclose(g_new, g_ref, rtol=1e-5, atol=1e-5)
 
 
 def test_explicit_grad_conv_inside_fori_loop_matches_xla():

@@ -61,7 +61,7 @@ def test_version_written_once(pyproject):
 # writing; add them here once they are annotated.
 ANNOTATED_MODULES = [
     "advjax", "advjax.threat", "advjax.losses", "advjax.attacks", "advjax.attacks.gradient",
-    "advjax.attacks.apgd", "advjax.attacks.daa", "advjax.attacks.adt", "advjax.attacks.tamoo",
+    "advjax.attacks.apgd", "advjax.attacks.square", "advjax.attacks.fab", "advjax.attacks.daa", "advjax.attacks.adt", "advjax.attacks.tamoo",
     "advjax.attacks.wrm", "advjax.attacks.targets", "advjax.attacks.preprocessing",
     "advjax.attacks._validation", "advjax.objectives", "advjax.objectives._common",
     "advjax.objectives.at", "advjax.objectives.trades", "advjax.objectives.mart",

@@ -15,8 +15,10 @@ from advjax.attacks import targets
 from advjax.attacks.adt import adt_exp_attack
 from advjax.attacks.apgd import apgd, apgd_ce, apgd_t
 from advjax.attacks.daa import daa_algorithm1, daa_blob, daa_dgf
+from advjax.attacks.fab import fab, fab_t
 from advjax.attacks.gradient import bim, cw_pgd, fgm, fgsm, mim, multitargeted_pgd, pgd, rfgsm
 from advjax.attacks.preprocessing import normalized
+from advjax.attacks.square import square, square_run
 from advjax.attacks.tamoo import tamoo_ens, tamoo_ens_members, tamoo_eot, tamoo_uni
 from advjax.attacks.targets import targeted
 from advjax.attacks.wrm import wrm
@@ -33,6 +35,11 @@ ATTACKS = {
     "apgd": apgd,
     "apgd_ce": apgd_ce,
     "apgd_t": apgd_t,
+    # AutoAttack's other two (Croce & Hein 2020): the minimum-norm FAB (untargeted / FAB-T) within an
+    # eps budget, and the gradient-free Square Attack (Andriushchenko et al. 2020).
+    "fab": fab,
+    "fab_t": fab_t,
+    "square": square,
     # ADT's EXP attack (per-example); "adt_exp_am" / "adt_imp_am" register from advjax.objectives.adt.
     "adt_exp": adt_exp_attack,
     # Lagrangian, no ball (WRM / DRA): for training and studies, not a threat-model evaluation.
@@ -68,6 +75,6 @@ def get_attack(name: str) -> Callable:
 
 
 # The attack functions imported here (a registry name may differ from its function's: "adt_exp").
-__all__ = ["ATTACKS", "tamoo_ens", "get_attack", "register_attack", "normalized", "targeted",
-           "targets"] + sorted({getattr(fn, "__name__", "") for fn in ATTACKS.values()}
-                               & set(globals()))
+__all__ = ["ATTACKS", "tamoo_ens", "square_run", "get_attack", "register_attack", "normalized",
+           "targeted", "targets"] + sorted({getattr(fn, "__name__", "") for fn in ATTACKS.values()}
+                                           & set(globals()))

@@ -59,7 +59,8 @@ Loss = Union[str, losses_lib.LossFn]
 LOG_2PI = math.log(2.0 * math.pi)
 # softplus(0): the initial sigma of ADT_EXP (rho = 0).
 DEFAULT_INIT_SIGMA = math.log(2.0)
-GENERATOR_INPUTS = ("image", "image_and_gradients")
+GENERATOR_INPUTS = ("image", "image_and_gradients", "image_and_raw_gradients")
+ENCODER_INPUTS = ("delta_and_image", "delta")
 SELECT_MODES = ("sample", "best")
 # Floor on the std of the IMP-AM encoder's Gaussian q(z | delta, x): keeps the entropy bound finite
 # (per latent dimension it is at most log 2 - log(0.01) - log(2 pi)/2, about 4.4 nats).
@@ -285,27 +286,35 @@ def _unit_linf(g: jax.Array) -> jax.Array:
 
 
 def generator_inputs(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, eps: Scalar,
-                     mode: str = "image_and_gradients",
+                     mode: str = "image_and_gradients", batch_size: Optional[int] = None,
                      bounds: Bounds = DEFAULT_BOUNDS) -> jax.Array:
     """What the conditional generator g_phi sees, concatenated on the channel axis (constants).
 
     "image": x alone (g_phi(x) of the paper's Sec. 3.2).
-    "image_and_gradients": [x, grad_x CE(x), grad_x CE(x_fgsm)], x_fgsm = clip(x + eps sign(grad))
-      (clipped to `bounds`),
-      the inputs of the authors' released code (adt_expam.py, "the two-step gradients as inputs to
-      the generator"); each gradient is rescaled to unit linf norm per example (our choice: raw CE
-      gradients are orders of magnitude smaller than pixels and shrink as the model trains).
-    Channels: C for "image", 3 C for "image_and_gradients".
+    "image_and_raw_gradients": [x, g0, g1], the inputs of the authors' released code (adt_expam.py,
+      "the two-step gradients as inputs to the generator"): g0 = grad_x of the batch-mean CE at x,
+      g1 the same at x_fgsm = clip(x + eps sign(g0)) (clipped to `bounds`), unscaled. `batch_size`
+      is the size of the batch the mean runs over (default x.shape[0]; the objectives pass the
+      global batch, so that the features do not depend on the device count). Each g is the
+      per-example gradient / batch size: orders of magnitude below the pixels, and shrinking as the
+      model trains.
+    "image_and_gradients": [x, g0 / max|g0|, g1 / max|g1|], each gradient rescaled to unit linf
+      norm per example (our choice, so that the gradient channels are on the pixels' scale).
+    Channels: C for "image", 3 C otherwise.
     """
     if mode not in GENERATOR_INPUTS:
         raise ValueError(f"generator_input must be one of {GENERATOR_INPUTS}, got {mode!r}")
     if mode == "image":
         return x
-    grad_ce = jax.grad(lambda xa: jnp.sum(losses_lib.cross_entropy(logits_fn(xa), y)))
+    n = x.shape[0] if batch_size is None else batch_size
+    grad_ce = jax.grad(lambda xa: jnp.sum(losses_lib.cross_entropy(logits_fn(xa), y)) / n)
     g0 = grad_ce(x)
     x_fgsm = threat.clip_to_box(x + eps * jnp.sign(g0), *bounds).astype(x.dtype)
     g1 = grad_ce(x_fgsm)
-    return jax.lax.stop_gradient(jnp.concatenate([x, _unit_linf(g0), _unit_linf(g1)], axis=-1))
+    if mode == "image_and_gradients":
+        g0, g1 = _unit_linf(g0), _unit_linf(g1)
+    return jax.lax.stop_gradient(jnp.concatenate([x, g0.astype(x.dtype), g1.astype(x.dtype)],
+                                                 axis=-1))
 
 
 def generator_input_channels(image_channels: int, mode: str, z_channels: int = 0) -> int:
@@ -315,10 +324,10 @@ def generator_input_channels(image_channels: int, mode: str, z_channels: int = 0
     return image_channels * (1 if mode == "image" else 3) + z_channels
 
 
-def apply_train_mode(module: Any, variables: Any, inputs: jax.Array) -> Tuple[jax.Array, Any]:
+def apply_train_mode(module: Any, variables: Any, *inputs: jax.Array) -> Tuple[jax.Array, Any]:
     """A Flax-style module in training mode (batch statistics); returns (output, new variables)."""
     mutable = [k for k in variables if k != "params"]
-    out, updates = module.apply(variables, inputs, train=True, mutable=mutable)
+    out, updates = module.apply(variables, *inputs, train=True, mutable=mutable)
     return out, {**variables, **updates}
 
 
@@ -351,20 +360,41 @@ def exp_am_objective(gen_params: Any, gen_rest: Any, *, generator: Any, logits_f
 
 
 def uniform_noise_channels(key: jax.Array, x: jax.Array, z_channels: int) -> jax.Array:
-    """z ~ U(-1, 1) with x's spatial shape and `z_channels` channels (the IMP-AM prior, Sec. 3.3)."""
+    """z ~ U(-1, 1) with x's spatial shape and `z_channels` channels (per-pixel noise, the paper's
+    IMP-AM prior, Sec. 3.3)."""
     return jax.random.uniform(key, x.shape[:-1] + (z_channels,), x.dtype, -1.0, 1.0)
+
+
+def uniform_noise_vector(key: jax.Array, x: jax.Array, z_dim: int) -> jax.Array:
+    """z ~ U(-1, 1)^{z_dim} per example, shape (batch, z_dim) (the released code's 64-d z)."""
+    return jax.random.uniform(key, (x.shape[0], z_dim), x.dtype, -1.0, 1.0)
 
 
 def imp_am_delta(gen_params: Any, gen_rest: Any, *, generator: Any, features: jax.Array,
                  z: jax.Array, eps: Scalar) -> Tuple[jax.Array, Any]:
-    """IMP-AM's implicit sample delta = g_phi(z; x) = eps * tanh(G([features, z])), and new state."""
-    out, new_vars = apply_train_mode(generator, {"params": gen_params, **gen_rest},
-                                     jnp.concatenate([features, z], axis=-1))
+    """IMP-AM's implicit sample delta = g_phi(z; x) = eps * tanh(G(...)), and the new state.
+
+    z of x's rank (per-pixel noise channels) is concatenated to the features; z of shape
+    (batch, z_dim) is passed to the generator as its second argument (it embeds it itself).
+    """
+    variables = {"params": gen_params, **gen_rest}
+    if z.ndim == features.ndim:
+        out, new_vars = apply_train_mode(generator, variables,
+                                         jnp.concatenate([features, z], axis=-1))
+    else:
+        out, new_vars = apply_train_mode(generator, variables, features, z)
     return eps * jnp.tanh(out), {k: val for k, val in new_vars.items() if k != "params"}
 
 
+def _encoder_features(delta, x, eps, encoder_input: str):
+    if encoder_input not in ENCODER_INPUTS:
+        raise ValueError(f"encoder_input must be one of {ENCODER_INPUTS}, got {encoder_input!r}")
+    return delta / eps if encoder_input == "delta" else jnp.concatenate([delta / eps, x], axis=-1)
+
+
 def entropy_lower_bound(enc_params: Any, enc_rest: Any, *, encoder: Any, delta: jax.Array,
-                        x: jax.Array, z: jax.Array, eps: Scalar) -> Tuple[jax.Array, Any]:
+                        x: jax.Array, z: jax.Array, eps: Scalar,
+                        encoder_input: str = "delta_and_image") -> Tuple[jax.Array, Any]:
     """Variational lower bound on the entropy of the implicit distribution, per latent dimension.
 
     For delta = g(z; x) with z ~ U(-1, 1)^{d_z} and any conditional density q_psi(z | delta, x),
@@ -376,48 +406,78 @@ def entropy_lower_bound(enc_params: Any, enc_rest: Any, *, encoder: Any, delta: 
     authors' released adt_impam.py with an encoder network). The first inequality is exact for
     discrete variables and the usual surrogate for continuous ones (it drops H(delta | z, x)).
     q_psi is a diagonal Gaussian whose mean and std (softplus, floored at MIN_Q_STD) come from the
-    encoder applied to [delta / eps, x]. Returns (per-example bound / d_z, shape (batch,), new state):
-    log 2 + mean_j log q_psi(z_j | delta, x).
+    encoder applied to [delta / eps, x] (encoder_input "delta_and_image") or to delta / eps alone
+    ("delta", the released code's encoder). z may be per-pixel channels or a (batch, d_z) vector;
+    the encoder's output has z's shape with twice its last axis. Returns (per-example bound / d_z,
+    shape (batch,), new state): log 2 + mean_j log q_psi(z_j | delta, x).
     """
     zc = z.shape[-1]
     out, new_vars = apply_train_mode(encoder, {"params": enc_params, **enc_rest},
-                                     jnp.concatenate([delta / eps, x], axis=-1))
+                                     _encoder_features(delta, x, eps, encoder_input))
     mean, std = out[..., :zc], jax.nn.softplus(out[..., zc:]) + MIN_Q_STD
     log_q = -0.5 * jnp.square((z - mean) / std) - jnp.log(std) - 0.5 * LOG_2PI
     bound = math.log(2.0) + _per_example_mean(log_q)
     return bound, {k: val for k, val in new_vars.items() if k != "params"}
 
 
+def entropy_term(bound: jax.Array, hinge: Optional[float] = None) -> jax.Array:
+    """The entropy part of IMP-AM's generator objective from the per-example bound.
+
+    hinge None (the paper's Eq. 5 with the bound for H): mean bound. hinge h (the released code,
+    h = 0.9): -relu(-E log q - h) = -relu(log 2 - mean bound - h), on the batch mean: the bound is
+    only pushed up while -E log q (per latent dimension) exceeds h.
+    """
+    m = jnp.mean(bound)
+    if hinge is None:
+        return m
+    return -jax.nn.relu(math.log(2.0) - m - hinge)
+
+
 def imp_am_objectives(gen_params: Any, enc_params: Any, gen_rest: Any, enc_rest: Any, *,
                       generator: Any, encoder: Any, logits_fn: LogitsFn,
                       loss_fn: losses_lib.LossFn, x: jax.Array, y: jax.Array,
                       features: jax.Array, key: jax.Array, eps: Scalar, lam: Scalar,
-                      z_channels: int,
+                      z_channels: int, noise: str = "pixels",
+                      encoder_input: str = "delta_and_image",
+                      entropy_hinge: Optional[float] = None,
                       bounds: Bounds = DEFAULT_BOUNDS) -> Tuple[jax.Array, Any]:
     """ADT_IMP-AM (Sec. 3.3), k = 1: the generator maximizes mean L(f(clip(x + g(z; x))), y) + lam *
-    bound, the encoder q_psi maximizes the bound (tightening it). Returns (generator objective
-    negated, aux) where aux holds the encoder's negated objective ("encoder_loss") and diagnostics;
-    differentiate w.r.t. gen_params for the generator and use `encoder_objective` for the encoder.
+    `entropy_term(bound, entropy_hinge)`, the encoder q_psi maximizes the bound (tightening it).
+    noise "pixels": z ~ U(-1, 1) with `z_channels` per-pixel channels; "vector": z ~ U(-1, 1)^{
+    z_channels} per example (the released code's 64-d z, which the generator embeds). Returns
+    (generator objective negated, aux) with diagnostics; differentiate w.r.t. gen_params for the
+    generator and use `encoder_objective` for the encoder.
     """
-    z = uniform_noise_channels(key, x, z_channels)
+    if noise == "pixels":
+        z = uniform_noise_channels(key, x, z_channels)
+    elif noise == "vector":
+        z = uniform_noise_vector(key, x, z_channels)
+    else:
+        raise ValueError(f'noise must be "pixels" or "vector", got {noise!r}')
     delta, gen_state = imp_am_delta(gen_params, gen_rest, generator=generator, features=features,
                                     z=z, eps=eps)
     x_adv = perturb(x, delta, bounds)
     logits = logits_fn(x_adv)
     loss = loss_fn(logits, y)
     bound, enc_state = entropy_lower_bound(jax.lax.stop_gradient(enc_params), enc_rest,
-                                           encoder=encoder, delta=delta, x=x, z=z, eps=eps)
-    j = jnp.mean(loss) + lam * jnp.mean(bound)
+                                           encoder=encoder, delta=delta, x=x, z=z, eps=eps,
+                                           encoder_input=encoder_input)
+    j = jnp.mean(loss) + lam * entropy_term(bound, entropy_hinge)
     return -j, dict(x_adv=x_adv, delta=delta, z=z, loss=loss, entropy=bound, logits=logits,
                     generator_state=gen_state, encoder_state=enc_state)
 
 
 def encoder_objective(enc_params: Any, enc_rest: Any, *, encoder: Any, delta: jax.Array,
-                      x: jax.Array, z: jax.Array, eps: Scalar) -> Tuple[jax.Array, Any]:
-    """The encoder's loss: -mean bound (delta, x, z are constants). Returns (loss, new state)."""
+                      x: jax.Array, z: jax.Array, eps: Scalar,
+                      encoder_input: str = "delta_and_image",
+                      entropy_hinge: Optional[float] = None) -> Tuple[jax.Array, Any]:
+    """The encoder's loss (delta, x, z are constants): -mean bound, or with the released code's hinge
+    the same hinged term as the generator's, relu(log 2 - mean bound - hinge). Returns (loss, new
+    state)."""
     bound, state = entropy_lower_bound(enc_params, enc_rest, encoder=encoder,
-                                       delta=jax.lax.stop_gradient(delta), x=x, z=z, eps=eps)
-    return -jnp.mean(bound), state
+                                       delta=jax.lax.stop_gradient(delta), x=x, z=z, eps=eps,
+                                       encoder_input=encoder_input)
+    return -entropy_term(bound, entropy_hinge), state
 
 
 def split_variables(variables: Any) -> Tuple[Any, Any]:

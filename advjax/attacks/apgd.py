@@ -40,8 +40,11 @@ AutoAttack, and attacks only correctly classified points, for which the k-th mos
 (k-1)-th most likely class other than y, what `targets.ranked_targets` returns (for a misclassified
 point it never includes y, unlike the k-th overall). With explicit `targets` (one class per example,
 e.g. from `advjax.attacks.targets`), `apgd_t` is a targeted attack: one targeted-DLR run per restart
-towards that class, success meaning the target is predicted. l1 is not supported (APGD-l1 is a
-different algorithm, Croce & Hein 2021).
+towards that class, success meaning the target is predicted. Across restarts and targets each
+example keeps its first success (else its highest loss), so, as in the reference code, a run only
+attacks the examples no earlier run has fooled; on CPU those are gathered into chunks (`_runs`), with
+the same result as whole-batch runs. l1 is not supported (APGD-l1 is a different algorithm, Croce &
+Hein 2021).
 
 `eps` may be traced; `steps`, `restarts`, `norm`, `loss`, `num_target_classes` and `bounds` are static.
 """
@@ -99,20 +102,32 @@ def checkpoint_schedule(steps: int) -> tuple:
     return is_check, window
 
 
-def _start(key, x, eps, norm, bounds=DEFAULT_BOUNDS):
+def _start_direction(key, x, norm):
+    """The random start's direction for the whole batch: t ~ U(-1, 1)^d (linf) or N(0, I) (l2)."""
     if norm == "linf":
-        t = jax.random.uniform(key, x.shape, x.dtype, -1.0, 1.0)
-    else:
-        t = jax.random.normal(key, x.shape, x.dtype)
+        return jax.random.uniform(key, x.shape, x.dtype, -1.0, 1.0)
+    return jax.random.normal(key, x.shape, x.dtype)
+
+
+def _start(t, x, eps, norm, bounds=DEFAULT_BOUNDS):
+    """x + eps t / ||t||_p, clipped to the box `bounds`."""
     scale = eps / (threat.norm_of(t, norm) + 1e-12)
     return threat.clip_to_box(x + t * scale.reshape((-1,) + (1,) * (x.ndim - 1)).astype(x.dtype),
                               *bounds)
 
 
-def _apgd_run(logits_fn, x, y, loss_fn, key, *, eps, steps: int, norm: str,
+def _apgd_run(logits_fn, x, y, loss_fn, t, *, eps, steps: int, norm: str,
               bounds=DEFAULT_BOUNDS, target=None):
-    """One APGD run; returns (x_out, best loss, success) per example. Success is misclassification,
-    or predicting `target` when it is given (a targeted run)."""
+    """One APGD run from the start direction t; returns (x_out, best loss, success) per example.
+    Success is misclassification, or predicting `target` when it is given (a targeted run).
+
+    Iteration j = 0..steps first evaluates the loss, prediction and gradient at the candidate x^(j)
+    (x^(0) the random start), then does the bookkeeping of Algorithm 1 for it (best point, first
+    success, increase count, and the checkpoint after step j when j is one), and last computes the
+    next candidate x^(j+1) (unused after j = steps). The candidate is a loop-carried array, so XLA
+    evaluates the model on a materialized input rather than fusing the projection and momentum
+    arithmetic into the model's first layer (which it would recompute for every use).
+    """
     dtype = x.dtype
     b = x.shape[0]
     bshape = (-1,) + (1,) * (x.ndim - 1)
@@ -124,75 +139,143 @@ def _apgd_run(logits_fn, x, y, loss_fn, key, *, eps, steps: int, norm: str,
 
     vg = jax.value_and_grad(total, has_aux=True)
 
-    def evaluate(xa):
-        (_, (val, logits)), g = vg(xa)
-        pred = jnp.argmax(logits, -1)
-        return val, (pred != y) if target is None else (pred == target), g
-
     def proj(xa):
         return threat.project_to_threat(xa, x, eps, norm, bounds)
 
-    x0 = _start(key, x, eps, norm, bounds)
-    f0, succ0, g0 = evaluate(x0)
+    x0 = _start(t, x, eps, norm, bounds)
+    fdt = _loss_dtype(logits_fn, loss_fn, x, y)
     is_check, window = checkpoint_schedule(steps)
-    is_check = jnp.asarray(is_check)
+    # Indexed by j: the checkpoint evaluated once x^(j) is known (after step j - 1 of the schedule).
+    check_at = jnp.asarray(np.concatenate([[False], is_check]))
+    window_at = jnp.asarray(np.concatenate([[0], window]))
 
     state = dict(
-        x=x0, x_prev=x0, g=g0, f=f0,
-        x_max=x0, f_max=f0, g_max=g0,
+        x=x0, x_prev=x0, f=jnp.zeros((b,), fdt),
+        x_max=x0, f_max=jnp.zeros((b,), fdt), g_max=jnp.zeros_like(x0),
         eta=jnp.full((b,), 2.0, dtype) * eps,
         n_incr=jnp.zeros((b,), jnp.int32),
-        f_max_last_check=f0, reduced_last_check=jnp.ones((b,), bool),
-        x_succ=x0, found=succ0,
+        f_max_last_check=jnp.zeros((b,), fdt), reduced_last_check=jnp.ones((b,), bool),
+        x_succ=x0, found=jnp.zeros((b,), bool),
     )
 
-    def body(i, s):
-        alpha = jnp.where(i > 0, MOMENTUM, 1.0).astype(dtype)
-        step = (s["eta"].reshape(bshape) * threat.steepest_ascent(s["g"], norm)).astype(dtype)
-        z = proj(s["x"] + step)
-        x_new = proj(s["x"] + alpha * (z - s["x"]) + (1 - alpha) * (s["x"] - s["x_prev"]))
-        f_new, succ, g_new = evaluate(x_new)
+    def body(j, s):
+        first = j == 0
+        x_j = s["x"]
+        (_, (f_new, logits)), g_new = vg(x_j)
+        pred = jnp.argmax(logits, -1)
+        succ = (pred != y) if target is None else (pred == target)
 
         new_succ = succ & ~s["found"]
-        x_succ = jnp.where(new_succ.reshape(bshape), x_new, s["x_succ"])
+        x_succ = jnp.where(new_succ.reshape(bshape), x_j, s["x_succ"])
         found = s["found"] | succ
-        n_incr = s["n_incr"] + (f_new > s["f"]).astype(jnp.int32)
-        better = f_new > s["f_max"]
-        x_max = jnp.where(better.reshape(bshape), x_new, s["x_max"])
+        n_incr = s["n_incr"] + (~first & (f_new > s["f"])).astype(jnp.int32)
+        better = first | (f_new > s["f_max"])
+        x_max = jnp.where(better.reshape(bshape), x_j, s["x_max"])
         g_max = jnp.where(better.reshape(bshape), g_new, s["g_max"])
         f_max = jnp.where(better, f_new, s["f_max"])
+        f_max_last_check = jnp.where(first, f_new, s["f_max_last_check"])
 
-        def at_checkpoint(_):
-            k = jnp.asarray(window)[i]
-            cond1 = n_incr.astype(dtype) <= RHO * k.astype(dtype)
-            cond2 = ~s["reduced_last_check"] & (s["f_max_last_check"] >= f_max)
-            reduce = cond1 | cond2
-            rb = reduce.reshape(bshape)
-            return dict(
-                x=jnp.where(rb, x_max, x_new), g=jnp.where(rb, g_max, g_new),
-                eta=jnp.where(reduce, s["eta"] / 2, s["eta"]),
-                n_incr=jnp.zeros_like(n_incr), f_max_last_check=f_max, reduced_last_check=reduce)
+        # The checkpoint (Conditions 1 and 2), as a per-example select: cheap next to the model.
+        at_check = check_at[j]
+        cond1 = n_incr.astype(dtype) <= RHO * window_at[j].astype(dtype)
+        cond2 = ~s["reduced_last_check"] & (f_max_last_check >= f_max)
+        reduce = at_check & (cond1 | cond2)
+        rb = reduce.reshape(bshape)
+        x_cur = jnp.where(rb, x_max, x_j)
+        g_cur = jnp.where(rb, g_max, g_new)
+        eta = jnp.where(reduce, s["eta"] / 2, s["eta"])
 
-        def no_checkpoint(_):
-            return dict(x=x_new, g=g_new, eta=s["eta"], n_incr=n_incr,
-                        f_max_last_check=s["f_max_last_check"],
-                        reduced_last_check=s["reduced_last_check"])
+        # The step to the next candidate (momentum from the second step on).
+        alpha = jnp.where(first, 1.0, MOMENTUM).astype(dtype)
+        step = (eta.reshape(bshape) * threat.steepest_ascent(g_cur, norm)).astype(dtype)
+        z = proj(x_cur + step)
+        x_next = proj(x_cur + alpha * (z - x_cur) + (1 - alpha) * (x_cur - s["x_prev"]))
+        return dict(
+            x=x_next, x_prev=x_cur, f=f_new, x_max=x_max, f_max=f_max, g_max=g_max, eta=eta,
+            n_incr=jnp.where(at_check, 0, n_incr),
+            f_max_last_check=jnp.where(at_check, f_max, f_max_last_check),
+            reduced_last_check=jnp.where(at_check, reduce, s["reduced_last_check"]),
+            x_succ=x_succ, found=found)
 
-        upd = jax.lax.cond(is_check[i], at_checkpoint, no_checkpoint, None)
-        return dict(s, x_prev=s["x"], f=f_new, x_max=x_max, f_max=f_max, g_max=g_max,
-                    x_succ=x_succ, found=found, **upd)
-
-    s = jax.lax.fori_loop(0, steps, body, state)
+    s = jax.lax.fori_loop(0, steps + 1, body, state)
     x_out = jnp.where(s["found"].reshape(bshape), s["x_succ"], s["x_max"])
     return x_out, s["f_max"], s["found"]
 
 
+def _loss_dtype(logits_fn, loss_fn, x, y):
+    """The dtype of the per-example loss (e.g. float32 logits of a bfloat16 input)."""
+    return jax.eval_shape(lambda xa: loss_fn(logits_fn(xa), y), x).dtype
+
+
 def _keep(best, new):
+    """Per example: the earlier success if there is one, else a new success, else the higher loss
+    (AutoAttack keeps the first successful run's point and never revisits a fooled example)."""
     bx, bf, bs = best
     nx, nf, ns = new
-    take = (ns & ~bs) | ((ns == bs) & (nf > bf))
+    take = (ns & ~bs) | (~bs & ~ns & ((nf > bf) | jnp.isneginf(bf)))
     tb = take.reshape((-1,) + (1,) * (bx.ndim - 1))
     return jnp.where(tb, nx, bx), jnp.where(take, nf, bf), bs | ns
+
+
+# On CPU, runs after the first attack only the examples not fooled yet, in chunks of about
+# 1 / ACTIVE_SET_CHUNKS of the batch (at least MIN_CHUNK examples), as AutoAttack does.
+ACTIVE_SET_CHUNKS = 8
+MIN_CHUNK = 32
+
+
+def _chunk_size(n: int, norm: str) -> int:
+    """Examples per chunk of the active-set runs (n: whole-batch runs). Chunks are used on the CPU
+    backend only (on an accelerator a smaller batch saves little time) and for linf only: the l2
+    steps' per-example norms are reductions that XLA:CPU fuses differently for another batch size,
+    which moves their float rounding; linf iterates are bitwise the same in any chunk."""
+    if jax.default_backend() != "cpu" or norm != "linf":
+        return n
+    return min(n, max(MIN_CHUNK, -(-n // ACTIVE_SET_CHUNKS)))
+
+
+def _runs(logits_fn, x, y, keys, run_spec, *, eps, steps: int, norm: str,
+          bounds=DEFAULT_BOUNDS):
+    """len(keys) APGD runs (run r from the start drawn with keys[r]; on the examples idx its loss and
+    target are `run_spec(r, idx)` = (loss_fn, target or None)); per example, the first success, else
+    the highest loss.
+
+    A run after an example's first success cannot change its result, so each run attacks only the
+    examples not fooled yet: they are ordered first, and taken `_chunk_size` at a time (the last
+    chunk overlaps the previous one rather than reaching past the batch; recomputing an example
+    gives the same result). Start directions are drawn for the whole batch and gathered, so every
+    example follows exactly the iterates of a whole-batch run (the attack is per example: the
+    logits of an example must not depend on the rest of the batch).
+    """
+    n = x.shape[0]
+    chunk = _chunk_size(n, norm)
+    fdt = _loss_dtype(logits_fn, run_spec(0, jnp.arange(n))[0], x, y)
+    best = (x, jnp.full((n,), -jnp.inf, fdt), jnp.zeros((n,), bool))
+
+    def attack(r, idx, t, best_idx):
+        loss_fn, target = run_spec(r, idx)
+        new = _apgd_run(logits_fn, x[idx], y[idx], loss_fn, t[idx], eps=eps, steps=steps,
+                        norm=norm, bounds=bounds, target=target)
+        return _keep(best_idx, new)
+
+    def one_run(r, best):
+        t = _start_direction(keys[r], x, norm)
+        if chunk == n:
+            loss_fn, target = run_spec(r, jnp.arange(n))
+            return _keep(best, _apgd_run(logits_fn, x, y, loss_fn, t, eps=eps, steps=steps,
+                                         norm=norm, bounds=bounds, target=target))
+        order = jnp.argsort(best[2], stable=True)  # not fooled yet (False) first
+        n_chunks = (n - jnp.sum(best[2]) + chunk - 1) // chunk
+
+        def chunk_body(c, best):
+            idx = jax.lax.dynamic_slice(order, (jnp.minimum(c * chunk, n - chunk),), (chunk,))
+            kept = attack(r, idx, t, tuple(a[idx] for a in best))
+            return tuple(a.at[idx].set(k) for a, k in zip(best, kept))
+
+        return jax.lax.fori_loop(0, n_chunks, chunk_body, best)
+
+    if len(keys) == 1:
+        return one_run(0, best)
+    return jax.lax.fori_loop(0, len(keys), one_run, best)
 
 
 def _check(logits_fn, x, y, key, eps, steps, restarts, norm, bounds=DEFAULT_BOUNDS):
@@ -219,13 +302,8 @@ def apgd(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: jax.Array, eps
     _check(logits_fn, x, y, key, eps, steps, restarts, norm, bounds)
     loss_fn = losses_lib.get_loss(loss)
     keys = jax.random.split(key, restarts)
-    best = _apgd_run(logits_fn, x, y, loss_fn, keys[0], eps=eps, steps=steps, norm=norm,
-                     bounds=bounds)
-    if restarts == 1:
-        return best[0]
-    body = lambda i, b: _keep(b, _apgd_run(logits_fn, x, y, loss_fn, keys[i], eps=eps,
-                                            steps=steps, norm=norm, bounds=bounds))
-    return jax.lax.fori_loop(1, restarts, body, best)[0]
+    return _runs(logits_fn, x, y, keys, lambda r, idx: (loss_fn, None), eps=eps, steps=steps,
+                 norm=norm, bounds=bounds)[0]
 
 
 def apgd_ce(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: jax.Array, eps: Scalar,
@@ -257,13 +335,12 @@ def apgd_t(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: jax.Array, e
         targets_lib.check_targets(targets, y, num_classes)
         keys = jax.random.split(key, restarts)
 
-        def run_to(i):
-            loss_fn = lambda logits, yy: losses_lib.dlr_targeted(logits, yy, targets)
-            return _apgd_run(logits_fn, x, y, loss_fn, keys[i], eps=eps, steps=steps, norm=norm,
-                             bounds=bounds, target=targets)
+        def run_to(r, idx):
+            target = targets[idx]
+            return (lambda logits, yy: losses_lib.dlr_targeted(logits, yy, target)), target
 
-        best = run_to(0)
-        return jax.lax.fori_loop(1, restarts, lambda i, b: _keep(b, run_to(i)), best)[0]
+        return _runs(logits_fn, x, y, keys, run_to, eps=eps, steps=steps, norm=norm,
+                     bounds=bounds)[0]
     v.check_positive_int(num_target_classes, "num_target_classes")
     if num_target_classes > num_classes - 1:
         raise ValueError(f"num_target_classes must be <= classes - 1 = {num_classes - 1}, "
@@ -271,12 +348,8 @@ def apgd_t(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: jax.Array, e
     order = targets_lib.ranked_targets(logits_fn(x), y, num_target_classes)
     keys = jax.random.split(key, num_target_classes * restarts)
 
-    def run(i):
-        target = order[:, i // restarts]
-        loss_fn = lambda logits, yy: losses_lib.dlr_targeted(logits, yy, target)
-        return _apgd_run(logits_fn, x, y, loss_fn, keys[i], eps=eps, steps=steps, norm=norm,
-                         bounds=bounds)
+    def run(r, idx):
+        target = order[idx, r // restarts]
+        return (lambda logits, yy: losses_lib.dlr_targeted(logits, yy, target)), None
 
-    best = run(0)
-    return jax.lax.fori_loop(1, num_target_classes * restarts, lambda i, b: _keep(b, run(i)),
-                             best)[0]
+    return _runs(logits_fn, x, y, keys, run, eps=eps, steps=steps, norm=norm, bounds=bounds)[0]

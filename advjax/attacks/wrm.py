@@ -35,6 +35,20 @@ Choices where the paper is silent:
     L_c the cost gradient's Lipschitz constant (2 for "l2", 2 lambda_max(A) for "mahalanobis"). A
     larger gamma needs a smaller step (gamma -> inf with step_size = 1 / (2 gamma) returns x).
 
+Sinha et al.'s released code (duchi-lab/certifiable-distributional-robustness, `attacks_tf.py` `wrm`,
+`train_mnist_models.py`) differs from the generic ascent above; `variant="sinha_code"` gives it:
+  * c = ||x' - x||_2^2 only, with a fixed step schedule set by gamma alone: a first step
+    x'_1 = x + (1 / (2 gamma)) grad loss(x) (no cost gradient at x' = x), then `steps` steps
+    x'_{t+2} = x'_{t+1} + (1 / (2 gamma)) / sqrt(t + 2) * grad_x' [loss(x') - gamma ||x' - x||^2]
+    (t = 0 .. steps - 1; the code's `eps` = 1 / (2 gamma) = 1.3 for MNIST, i.e. gamma ~ 0.385, and
+    15 steps), so `step_size` and `ascent` are not used;
+  * the loss is the cross-entropy with labels smoothed by 0.1 (true class 0.9, the others 0.1 / 9:
+    the code clips the one-hot training labels to [0.1 / 9, 0.9]; `label_smoothing`);
+  * no clip to the [0, 1] box: x' may leave it (the only advjax attack that does, on purpose).
+variant="dra" (default): the ascent of DRA Sec. 3.3 described above, inside the box. DRA is the
+paper whose costs (l2, linf, elastic, Mahalanobis) this module implements, and the box keeps every
+training input a valid image.
+
 Per-example (given a per-example `logits_fn`); jittable; steps run in a `lax.fori_loop`. `gamma`,
 `step_size`, `beta` and `A` may be traced (DRA_A passes its learned A), `steps`, `cost`, `ascent`,
 `loss` and `random_start` are static.
@@ -59,6 +73,17 @@ Loss = Union[str, losses_lib.LossFn]
 
 COSTS = ("l2", "linf", "elastic", "mahalanobis")
 ASCENTS = ("gradient", "sign", "adam")
+VARIANTS = ("dra", "sinha_code")
+SINHA_LABEL_SMOOTHING = 0.1
+
+
+def smoothed_cross_entropy(logits: jax.Array, y: jax.Array, smoothing: Scalar) -> jax.Array:
+    """Per-example cross-entropy against labels smoothed as Sinha et al.'s code: target 1 - s on the
+    true class and s / (K - 1) on each other class (K classes). smoothing = 0 is the plain CE."""
+    k = logits.shape[-1]
+    onehot = jax.nn.one_hot(y, k, dtype=logits.dtype)
+    target = onehot * (1.0 - smoothing) + (1.0 - onehot) * (smoothing / (k - 1))
+    return -jnp.sum(target * jax.nn.log_softmax(logits, axis=-1), axis=-1)
 
 
 def check_cost(cost: str) -> str:
@@ -145,32 +170,50 @@ def _ascent_direction(ascent: str):
 
 
 def wrm(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: Optional[jax.Array] = None,
-        gamma: Scalar, step_size: Scalar, steps: int, cost: str = "l2", beta: Scalar = 0.0,
-        A: Optional[jax.Array] = None, loss: Loss = "ce", kappa: float = float("inf"),
-        ascent: str = "gradient", random_start: bool = False, init_eps: Scalar = 0.0,
-        targeted: bool = False, bounds: Bounds = DEFAULT_BOUNDS) -> jax.Array:
+        gamma: Scalar, step_size: Optional[Scalar] = None, steps: int, cost: str = "l2",
+        beta: Scalar = 0.0, A: Optional[jax.Array] = None, loss: Loss = "ce",
+        kappa: float = float("inf"), ascent: str = "gradient", random_start: bool = False,
+        init_eps: Scalar = 0.0, targeted: bool = False, variant: str = "dra",
+        label_smoothing: Optional[float] = None,
+        bounds: Bounds = DEFAULT_BOUNDS) -> jax.Array:
     """Lagrangian attack of WRM (Sinha et al. 2018) / DRA (Eq. 5, Sec. 3.3): maximize
-    loss(logits_fn(x'), y) - gamma c(x, x') over x' in the box `bounds` = [lo, hi] (default
-    [0, 1]) by `steps` ascent steps.
+    loss(logits_fn(x'), y) - gamma c(x, x') over x' by `steps` ascent steps.
 
+    variant="dra" (default): x' stays in the box `bounds` = [lo, hi] (default [0, 1]);
     x'_{t+1} = clip_[lo,hi]( x'_t + step_size * D(grad_x' loss(x'_t) - gamma grad_x' c(x, x'_t)) ),
-    D = identity ("gradient"), sign ("sign") or Adam's normalization ("adam"). x'_0 = x, or
-    clip(x + U(-init_eps, init_eps)) with `random_start=True` (needs `key`).
+    D = identity ("gradient"), sign ("sign") or Adam's normalization ("adam").
+    x'_0 = x, or clip(x + U(-init_eps, init_eps)) with `random_start=True` (needs `key`).
     gamma = 0 is unconstrained ascent in the box; gamma -> inf (with step_size * gamma bounded) keeps
     x' at x. `cost` / `beta` / `A`: see `transport_cost`. Returns the last iterate (no ball).
+    variant="sinha_code": Sinha et al.'s released recursion (module docstring): l2 cost, the
+    1 / (2 gamma sqrt(t + 2)) schedule after a first step of 1 / (2 gamma), CE with labels smoothed
+    by `label_smoothing` (default 0.1), no box; gamma > 0, `loss` "ce", step_size / ascent /
+    random_start unused.
     """
     bounds = threat.check_bounds(bounds)
     v.check_batch(logits_fn, x, y, bounds=bounds)
     check_cost(cost)
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    v.check_nonnegative(gamma, "gamma")
+    steps = v.check_positive_int(steps, "steps")
+    if variant == "sinha_code":
+        return _sinha_code(logits_fn, x, y, gamma=gamma, steps=steps, cost=cost, loss=loss,
+                           label_smoothing=SINHA_LABEL_SMOOTHING if label_smoothing is None
+                           else label_smoothing, random_start=random_start)
     if ascent not in ASCENTS:
         raise ValueError(f"ascent must be one of {ASCENTS}, got {ascent!r}")
-    v.check_nonnegative(gamma, "gamma")
+    if step_size is None:
+        raise ValueError('wrm(variant="dra") needs step_size')
     v.check_nonnegative(step_size, "step_size")
     v.check_nonnegative(beta, "beta")
-    steps = v.check_positive_int(steps, "steps")
     v.check_key(key, random_start, "random_start=True")
     if cost == "mahalanobis":
         _check_matrix(A, int(x[0].size))
+    if label_smoothing:
+        if loss != "ce":
+            raise ValueError(f"label_smoothing applies to the CE loss, got loss={loss!r}")
+        loss = lambda logits, yy: smoothed_cross_entropy(logits, yy, label_smoothing)
     loss_fn = _resolve_loss(logits_fn, x, loss, kappa)
     _, value_and_grad = _objective(logits_fn, loss_fn, y, targeted)
     dtype = x.dtype
@@ -190,3 +233,27 @@ def wrm(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: Optional[jax.Ar
 
     x_adv, _ = jax.lax.fori_loop(0, steps, body, (start, init(start)))
     return x_adv
+
+
+def _sinha_code(logits_fn, x, y, *, gamma, steps, cost, loss, label_smoothing, random_start):
+    if cost != "l2":
+        raise ValueError(f'variant="sinha_code" is Sinha et al.\'s l2 cost, got cost={cost!r}')
+    if loss != "ce":
+        raise ValueError(f'variant="sinha_code" uses the (label-smoothed) CE, got loss={loss!r}')
+    if random_start:
+        raise ValueError('variant="sinha_code" starts at x (random_start=False)')
+    v.check_nonnegative(label_smoothing, "label_smoothing")
+    if v.is_concrete(gamma) and not float(gamma) > 0:
+        raise ValueError(f'variant="sinha_code" needs gamma > 0 (its steps are 1 / (2 gamma)), '
+                         f"got {gamma}")
+    dtype = x.dtype
+    scale = 0.5 / gamma
+    grad_loss = jax.grad(lambda xa: jnp.sum(smoothed_cross_entropy(logits_fn(xa), y,
+                                                                   label_smoothing)))
+    first = x + (scale * grad_loss(x)).astype(dtype)
+
+    def body(t, x_adv):
+        g = grad_loss(x_adv) - gamma * transport_cost_grad(x_adv - x, "l2")
+        return (x_adv + (scale / jnp.sqrt(t + 2.0) * g).astype(dtype)).astype(dtype)
+
+    return jax.lax.fori_loop(0, steps, body, first)

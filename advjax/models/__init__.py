@@ -28,10 +28,11 @@ any module the config file imports).
 attacks take; ``param_count(model, input_shape)`` counts parameters without allocating them.
 
 Speed on XLA:CPU: 2x2 max-pooling is ``layers.max_pool_2x2`` (reshape + select), whose gradient is
-several times faster than ``nn.max_pool``'s ``select_and_scatter``; MadryCNN / CNN4C3F differentiate
-their first (thin-input) convolution with respect to its input as im2col + matmul
-(``first_conv_impl="patches_grad"``, the default; "xla" is the plain convolution). Measure with
-``python -m advjax.models.benchmark``.
+several times faster than ``nn.max_pool``'s ``select_and_scatter``; the CNNs' convolutions are
+``layers.Conv`` with ``impl="auto"``: on CPU, derivatives written in forms XLA:CPU runs fast (im2col
+for the thin first layer, an explicit input-gradient convolution, a batch-chunked kernel gradient),
+on GPU / TPU XLA's own convolution (``layers.resolve_conv_impl``; "xla" forces the plain one).
+Measure with ``python -m advjax.models.benchmark``.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ import jax
 import jax.numpy as jnp
 
 from advjax.models import layers
-from advjax.models.cnn import CNN4C3F, DAACNN, DAAReleaseCNN, DRACNN, MadryCNN
+from advjax.models.cnn import CNN4C3F, DAACNN, DAAReleaseCNN, DRACNN, MadryCNN, ROCNN
 from advjax.models.ensemble import Ensemble
 from advjax.models.layers import CIFAR10_MEAN, CIFAR10_STD, max_pool_2x2
 from advjax.models.mlp import MLP
@@ -57,6 +58,7 @@ MODELS: Dict[str, type] = {
     "mlp": MLP,
     "cnn4c3f": CNN4C3F,
     "madry_cnn": MadryCNN,
+    "ro_cnn": ROCNN,
     "daa_cnn": DAACNN,
     "daa_release_cnn": DAAReleaseCNN,
     "dra_cnn": DRACNN,

@@ -43,8 +43,9 @@ class CNN4C3F(nn.Module):
     padding='SAME' keeps sizes for small inputs.
 
     Parameters: conv1 ... conv{2 * len(widths)}, fc1 ... fc{len(fc_widths) + 1}.
-    pool_impl / first_conv_impl: implementation switches with identical parameters and values (see
-    ``layers.max_pool`` and ``layers.Conv``).
+    pool_impl / first_conv_impl / conv_impl: implementation switches with identical parameters and
+    values (see ``layers.max_pool`` and ``layers.Conv``); "auto" takes the XLA:CPU workarounds on
+    CPU only (``layers.resolve_conv_impl``).
     """
 
     num_classes: int = 10
@@ -56,8 +57,8 @@ class CNN4C3F(nn.Module):
     mean: Optional[Sequence[float]] = None
     std: Optional[Sequence[float]] = None
     pool_impl: str = "reshape"
-    first_conv_impl: str = "patches_grad"
-    conv_impl: str = "explicit_grad"
+    first_conv_impl: str = "auto"
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, *, train: bool = False, return_features: bool = False):
@@ -95,9 +96,9 @@ class MadryCNN(nn.Module):
 
     pool_impl: "reshape" (default, ``layers.max_pool_2x2``) or "nn" (``nn.max_pool``); same values
       and gradients.
-    first_conv_impl: "patches_grad" (default: XLA's convolution forward, input derivatives by
-      im2col, faster on XLA:CPU for the 1-channel input) or "xla"; same parameters, values and
-      gradients up to float rounding. See ``layers.Conv``.
+    first_conv_impl / conv_impl: "auto" (default: on CPU "patches_grad" for the 1-channel input and
+      "explicit_grad" for the second convolution, elsewhere "xla"), or any `layers.Conv` impl; same
+      parameters, values and gradients up to float rounding. See ``layers.resolve_conv_impl``.
     """
 
     num_classes: int = 10
@@ -106,8 +107,8 @@ class MadryCNN(nn.Module):
     mean: Optional[Sequence[float]] = None
     std: Optional[Sequence[float]] = None
     pool_impl: str = "reshape"
-    first_conv_impl: str = "patches_grad"
-    conv_impl: str = "explicit_grad"
+    first_conv_impl: str = "auto"
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, *, train: bool = False, return_features: bool = False):
@@ -117,6 +118,45 @@ class MadryCNN(nn.Module):
             impl = self.first_conv_impl if i == 0 else self.conv_impl
             h = nn.relu(Conv(width, (5, 5), padding="SAME", impl=impl, name=f"conv{i + 1}")(h))
             h = max_pool(h, self.pool_impl, padding="SAME")
+        features = flatten(h)
+        h = nn.relu(nn.Dense(self.fc_width, name="fc1")(features))
+        logits = nn.Dense(self.num_classes, name="fc2")(h)
+        return (logits, features) if return_features else logits
+
+
+class ROCNN(nn.Module):
+    """The MNIST "baseline net" of Shaham, Yamada, Negahban, "Understanding adversarial training:
+    increasing local stability of supervised models through robust optimization" (Neurocomputing
+    2018, Sec. 5.1; the released Lua code, runopti/RobustTraining ``mnist/train-mnist-robust-*.lua``):
+
+    conv 5x5 32 (VALID) -> ReLU -> max-pool 3x3 stride 3 -> conv 5x5 64 (VALID) -> ReLU -> max-pool
+    2x2 -> flatten (= features) -> dense 200 -> ReLU -> dense num_classes. No dropout (commented out
+    in the release). On 28x28 inputs: 24 -> 8 -> 4 -> 2, 2*2*64 = 256 features (the release pads
+    MNIST to 32x32: 28 -> 9 -> 5 -> 2, the same 256); 105,506 parameters with 10 classes.
+    The release normalizes the inputs by the training set's mean and std (and its "-BN" scripts by a
+    non-affine batch norm on the input); here ``mean`` / ``std`` normalize inside the model.
+    """
+
+    num_classes: int = 10
+    widths: Sequence[int] = (32, 64)
+    fc_width: int = 200
+    mean: Optional[Sequence[float]] = None
+    std: Optional[Sequence[float]] = None
+    first_conv_impl: str = "patches_grad"
+    conv_impl: str = "explicit_grad"
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, *, train: bool = False, return_features: bool = False):
+        del train  # no dropout or batch norm
+        h = normalize(x, self.mean, self.std)
+        h = nn.relu(Conv(self.widths[0], (5, 5), padding="VALID", impl=self.first_conv_impl,
+                         name="conv1")(h))
+        n, hh, ww, c = h.shape   # 3x3 / stride-3 pool by reshape (an odd remainder is dropped)
+        h = h[:, : hh - hh % 3, : ww - ww % 3, :]
+        h = jnp.max(h.reshape(n, hh // 3, 3, ww // 3, 3, c), axis=(2, 4))
+        h = nn.relu(Conv(self.widths[1], (5, 5), padding="VALID", impl=self.conv_impl,
+                         name="conv2")(h))
+        h = max_pool(h, "reshape")
         features = flatten(h)
         h = nn.relu(nn.Dense(self.fc_width, name="fc1")(features))
         logits = nn.Dense(self.num_classes, name="fc2")(h)
@@ -194,8 +234,8 @@ class DAAReleaseCNN(nn.Module):
     num_classes: int = 10
     initializer: str = "release"
     pool_impl: str = "reshape"
-    first_conv_impl: str = "patches_grad"
-    conv_impl: str = "explicit_grad"
+    first_conv_impl: str = "auto"
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, *, train: bool = False, return_features: bool = False):

@@ -1,5 +1,6 @@
 """Layers shared by the model zoo: input normalization, flattening, batch norm, a fast 2x2
-max-pool and a convolution with a fast input gradient for thin (1-channel) inputs.
+max-pool and a convolution (`Conv`) whose derivatives are written in forms XLA:CPU runs fast; on
+other backends it is XLA's own convolution (`resolve_conv_impl`).
 
 Conventions used by every model in `advjax.models`:
 
@@ -13,6 +14,7 @@ Conventions used by every model in `advjax.models`:
 from __future__ import annotations
 
 import functools
+import operator
 from typing import Callable, Optional, Sequence
 
 import flax.linen as nn
@@ -116,40 +118,69 @@ def max_pool(x: jnp.ndarray, impl: str = "reshape", padding: str = "VALID") -> j
     raise ValueError(f"pool impl must be 'reshape' or 'nn', got {impl!r}")
 
 
-CONV_IMPLS = ("explicit_grad", "xla", "patches_grad")
+CONV_IMPLS = ("auto", "explicit_grad", "patches_grad", "xla")
+# Inputs with at most this many channels count as thin (`resolve_conv_impl`, `_conv_thin`).
+THIN_INPUT_CHANNELS = 4
+# Batch chunk of the kernel-gradient convolutions (`_conv_kernel_tangent`).
+KERNEL_GRAD_CHUNK = 16
+
+
+def resolve_conv_impl(impl: str, in_features: int, backend: Optional[str] = None) -> str:
+    """The implementation `Conv` runs for ``impl`` on ``backend`` (default ``jax.default_backend()``).
+
+    "auto" (the default of `Conv` and of the CNNs) picks the XLA:CPU workarounds only where they
+    help, on the CPU backend: "patches_grad" for a thin input (at most `THIN_INPUT_CHANNELS`
+    channels, e.g. a first layer on MNIST or CIFAR), "explicit_grad" otherwise; on any other backend
+    (GPU, TPU) it is "xla", XLA's own convolution and derivatives. The backend is read when the
+    model is traced. Any other name is returned unchanged (after a check).
+    """
+    if impl not in CONV_IMPLS:
+        raise ValueError(f"conv impl must be one of {CONV_IMPLS}, got {impl!r}")
+    if impl != "auto":
+        return impl
+    if (jax.default_backend() if backend is None else backend) != "cpu":
+        return "xla"
+    return "patches_grad" if in_features <= THIN_INPUT_CHANNELS else "explicit_grad"
 
 
 class Conv(nn.Module):
     """A stride-1 2-D convolution with ``nn.Conv``'s parameters (``kernel`` HWIO, ``bias``) and
-    initializers.
+    initializers, and derivatives chosen for the backend.
 
-    impl:
-      "explicit_grad" (default): the forward convolution of "xla", with a custom VJP whose input
-        gradient is an ordinary forward convolution of the output gradient with the spatially
-        flipped, in/out-swapped kernel, computed behind `lax.optimization_barrier`. Inside a
-        `lax.fori_loop` (every iterative attack) XLA:CPU otherwise folds that kernel transpose into
-        the convolution's dimension labels ("01oi"), a layout its fast convolution path does not
-        take: the loop body then runs about 3x slower than the same step outside a loop (measured on
-        the Madry CNN: 281 vs 88 ms per PGD step, batch 256; `benchmarks/attack_throughput.py`).
-        Reverse mode only (no `jax.jvp` through it); use "xla" for forward-mode derivatives.
-      "xla": ``lax.conv_general_dilated`` (what ``nn.Conv`` does).
-      "patches_grad": the same forward convolution, but derivatives with respect to the *input*
-        (JVP, hence also the VJP / input gradient an attack takes) are computed as im2col: a matmul
-        with the (kh*kw*C_in, C_out) kernel plus kh*kw shifted adds. Meant for a first layer with
-        few input channels (MNIST: 1), whose input gradient XLA:CPU computes slowly as a convolution
-        with a single output channel (``python -m advjax.models.benchmark --only first_conv``).
-        Costs kh*kw*C_in times the input's memory in the backward pass, so keep it for thin inputs.
+    impl (see `resolve_conv_impl`):
+      "auto" (default): "xla" on GPU / TPU; on CPU "patches_grad" for a thin input and
+        "explicit_grad" otherwise.
+      "xla": ``lax.conv_general_dilated`` and its built-in derivatives (what ``nn.Conv`` does).
+      "explicit_grad": XLA's forward convolution, with a custom JVP written so that its transpose
+        (the reverse-mode derivatives) takes forms XLA:CPU runs fast:
+        - input gradient: an ordinary forward convolution of the output gradient with the spatially
+          flipped, in/out-swapped kernel, behind `lax.optimization_barrier`. Inside a
+          `lax.fori_loop` (every iterative attack) XLA:CPU otherwise folds that kernel transpose
+          into the convolution's dimension labels ("01oi"), a layout its fast convolution path does
+          not take: the loop body then runs about 3x slower than the same step outside a loop (the
+          Madry CNN: 281 vs 88 ms per PGD step, batch 256; `benchmarks/attack_throughput.py`).
+        - kernel gradient: a sum of kernel-gradient convolutions over batch chunks of
+          `KERNEL_GRAD_CHUNK` examples (`_conv_kernel_tangent`), 2-4x faster on XLA:CPU than one
+          over the whole batch (``python -m advjax.models.benchmark --only kernel_grad``).
+      "patches_grad": for thin inputs (e.g. MNIST's 1 channel). The forward convolution is a sum of
+        kh*kw*C_in broadcast multiply-adds (`_conv_thin`; XLA:CPU runs a 1-channel convolution ~10x
+        slower), and the input derivative is im2col: a matmul with the (kh*kw*C_in, C_out) kernel
+        plus kh*kw shifted adds, instead of XLA's convolution with C_in output channels. Costs
+        kh*kw*C_in times the input's memory in the backward pass, so keep it for thin inputs. The
+        kernel gradient as in "explicit_grad".
+    All are ordinary JAX functions with a JVP (``jax.custom_jvp``): forward mode (`jax.jvp`,
+    `jax.jacfwd`), reverse mode, `jax.vmap` and higher derivatives work with each, and they give
+    the same values and derivatives up to float rounding. The parameter tree is the same for all,
+    so variables move freely between them.
     kernel_init / bias_init: ``nn.Conv``'s defaults (LeCun normal, zeros) unless a model follows
     its authors' initialization (e.g. `DAAReleaseCNN`).
-    The parameter tree and the values (up to float rounding) are the same for both, so variables
-    move freely between them; forward mode and higher derivatives work for both.
     """
 
     features: int
     kernel_size: Sequence[int] = (3, 3)
     padding: str = "SAME"
     use_bias: bool = True
-    impl: str = "explicit_grad"
+    impl: str = "auto"
     kernel_init: Callable = nn.initializers.lecun_normal()
     bias_init: Callable = nn.initializers.zeros_init()
 
@@ -157,16 +188,15 @@ class Conv(nn.Module):
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         kh, kw = self.kernel_size
         c_in = x.shape[-1]
+        impl = resolve_conv_impl(self.impl, c_in)
         kernel = self.param("kernel", self.kernel_init, (kh, kw, c_in, self.features))
         kernel = kernel.astype(x.dtype)
-        if self.impl == "xla":
+        if impl == "xla":
             y = _conv_xla(x, kernel, self.padding)
-        elif self.impl == "patches_grad":
+        elif impl == "patches_grad":
             y = _conv_patches_grad(x, kernel, self.padding)
-        elif self.impl == "explicit_grad":
-            y = _conv_explicit_grad(x, kernel, self.padding)
         else:
-            raise ValueError(f"conv impl must be one of {CONV_IMPLS}, got {self.impl!r}")
+            y = _conv_explicit_grad(x, kernel, self.padding)
         if self.use_bias:
             y = y + self.param("bias", self.bias_init, (self.features,))
         return y
@@ -177,24 +207,71 @@ def _conv_xla(x: jnp.ndarray, kernel: jnp.ndarray, padding: str) -> jnp.ndarray:
                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
+def _pad_same(x: jnp.ndarray, kh: int, kw: int, padding: str) -> jnp.ndarray:
+    """The input padding of a stride-1 convolution: lax's SAME pads k - 1 in all, the extra one
+    (even k) at the end; VALID pads nothing."""
+    if padding == "SAME":
+        return jnp.pad(x, ((0, 0), ((kh - 1) // 2, kh // 2), ((kw - 1) // 2, kw // 2), (0, 0)))
+    if padding != "VALID":
+        raise ValueError(f"padding must be 'SAME' or 'VALID', got {padding!r}")
+    return x
+
+
+def _shifted_windows(x: jnp.ndarray, kh: int, kw: int, padding: str):
+    """The kh*kw shifted views x[:, i:i+Ho, j:j+Wo, :] of the (padded) input, in (i, j) order."""
+    x = _pad_same(x, kh, kw, padding)
+    ho, wo = x.shape[1] - kh + 1, x.shape[2] - kw + 1
+    return [x[:, i:i + ho, j:j + wo, :] for i in range(kh) for j in range(kw)]
+
+
 def _conv_by_patches(x: jnp.ndarray, kernel: jnp.ndarray, padding: str) -> jnp.ndarray:
     """The same convolution as `_conv_xla`, written as im2col by shifted slices and one matmul."""
     kh, kw, c_in, c_out = kernel.shape
-    if padding == "SAME":
-        # lax's SAME for stride 1: total padding k - 1, the extra one (even k) at the end.
-        x = jnp.pad(x, ((0, 0), ((kh - 1) // 2, kh // 2), ((kw - 1) // 2, kw // 2), (0, 0)))
-    elif padding != "VALID":
-        raise ValueError(f"padding must be 'SAME' or 'VALID', got {padding!r}")
-    ho, wo = x.shape[1] - kh + 1, x.shape[2] - kw + 1
     # Patch feature order (i, j, c) matches the HWIO kernel reshaped to (kh * kw * c_in, c_out).
-    patches = jnp.concatenate([x[:, i:i + ho, j:j + wo, :] for i in range(kh) for j in range(kw)],
-                              axis=-1)
+    patches = jnp.concatenate(_shifted_windows(x, kh, kw, padding), axis=-1)
     return patches @ kernel.reshape(kh * kw * c_in, c_out)
+
+
+def _conv_thin(x: jnp.ndarray, kernel: jnp.ndarray, padding: str) -> jnp.ndarray:
+    """The same convolution as `_conv_xla`; for a thin input (C_in <= `THIN_INPUT_CHANNELS`) and a
+    kernel of at most 3x3 as the sum over taps (i, j) and input channels c of
+    x[:, i:i+Ho, j:j+Wo, c] * kernel[i, j, c, :]: kh*kw*C_in broadcast multiply-adds that XLA fuses
+    into one loop over the output (with the bias and ReLU that follow). On XLA:CPU, one core, this
+    is ~10x faster than the convolution for CNN-4C3F's 3x3 1 -> 16 first layer (0.3 vs 4.2 ms on 128
+    images); for a 5x5 kernel (Madry's CNN) XLA's convolution is as fast or faster, and is used."""
+    kh, kw, c_in, _ = kernel.shape
+    if c_in > THIN_INPUT_CHANNELS or kh * kw > 9:
+        return _conv_xla(x, kernel, padding)
+    windows = _shifted_windows(x, kh, kw, padding)
+    terms = [windows[i * kw + j][..., c:c + 1] * kernel[i, j, c]
+             for i in range(kh) for j in range(kw) for c in range(c_in)]
+    return functools.reduce(operator.add, terms)
+
+
+def _conv_kernel_tangent(x: jnp.ndarray, dkernel: jnp.ndarray, padding: str) -> jnp.ndarray:
+    """conv(x, dkernel), the kernel term of a convolution's JVP, computed batch chunk by chunk.
+
+    Its transpose, the kernel gradient, is then a sum over chunks of kernel-gradient convolutions of
+    `KERNEL_GRAD_CHUNK` examples each. XLA:CPU runs one kernel-gradient convolution over a large
+    batch (a reduction over batch x height x width) 2-4x slower than the chunked sum (e.g. 33 vs
+    10 ms for the 16 -> 16 channel 3x3 layer of CNN-4C3F on 128 images of 26x26, one core).
+    """
+    n = x.shape[0]
+    c = KERNEL_GRAD_CHUNK
+    if n <= c:
+        return _conv_xla(x, dkernel, padding)
+    return jnp.concatenate([_conv_xla(x[i:i + c], dkernel, padding) for i in range(0, n, c)],
+                           axis=0)
+
+
+def _add_tangents(*terms):
+    terms = [t for t in terms if t is not None]
+    return functools.reduce(operator.add, terms)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
 def _conv_patches_grad(x: jnp.ndarray, kernel: jnp.ndarray, padding: str) -> jnp.ndarray:
-    return _conv_xla(x, kernel, padding)
+    return _conv_thin(x, kernel, padding)
 
 
 def _conv_patches_grad_jvp(padding, primals, tangents):
@@ -203,14 +280,13 @@ def _conv_patches_grad_jvp(padding, primals, tangents):
     # transposed convolution. Symbolic zeros skip the term of an argument not differentiated.
     x, kernel = primals
     dx, dkernel = tangents
-    y = _conv_xla(x, kernel, padding)
-    dy = None
-    if not isinstance(dx, SymbolicZero):
-        dy = _conv_by_patches(dx, kernel, padding)
-    if not isinstance(dkernel, SymbolicZero):
-        dk_term = _conv_xla(x, dkernel, padding)
-        dy = dk_term if dy is None else dy + dk_term
-    return y, (jnp.zeros_like(y) if dy is None else dy)
+    y = _conv_thin(x, kernel, padding)
+    dy_x = None if isinstance(dx, SymbolicZero) else _conv_by_patches(dx, kernel, padding)
+    dy_k = (None if isinstance(dkernel, SymbolicZero)
+            else _conv_kernel_tangent(x, dkernel, padding))
+    if dy_x is None and dy_k is None:
+        return y, jnp.zeros_like(y)
+    return y, _add_tangents(dy_x, dy_k)
 
 
 _conv_patches_grad.defjvp(_conv_patches_grad_jvp, symbolic_zeros=True)
@@ -226,25 +302,40 @@ def _adjoint_padding(kh: int, kw: int, padding: str):
     raise ValueError(f"padding must be 'SAME' or 'VALID', got {padding!r}")
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _conv_input_adjoint(g: jnp.ndarray, kernel: jnp.ndarray, padding: str) -> jnp.ndarray:
+    """The input gradient of `_conv_xla` for output gradient g, as a forward HWIO convolution with the
+    flipped, in/out-swapped kernel. The barrier keeps XLA from folding the flip/transpose back into
+    the convolution's dimension labels (see `Conv`)."""
+    kh, kw = kernel.shape[:2]
+    flipped = jax.lax.optimization_barrier(jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2))
+    return jax.lax.conv_general_dilated(g, flipped, (1, 1), _adjoint_padding(kh, kw, padding),
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _conv_input_tangent(dx: jnp.ndarray, kernel: jnp.ndarray, padding: str) -> jnp.ndarray:
+    """conv(dx, kernel), the input term of the JVP, written as the transpose of
+    `_conv_input_adjoint`: reverse mode transposes it back, so the input gradient is that explicit
+    convolution rather than the one XLA's transpose rule would build."""
+    out = jax.eval_shape(lambda: _conv_xla(dx, kernel, padding))
+    adjoint = lambda g: _conv_input_adjoint(g, kernel, padding)  # noqa: E731
+    return jax.linear_transpose(adjoint, out)(dx)[0]
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
 def _conv_explicit_grad(x: jnp.ndarray, kernel: jnp.ndarray, padding: str) -> jnp.ndarray:
     return _conv_xla(x, kernel, padding)
 
 
-def _conv_explicit_grad_fwd(x, kernel, padding):
-    return _conv_xla(x, kernel, padding), (x, kernel)
+def _conv_explicit_grad_jvp(padding, primals, tangents):
+    x, kernel = primals
+    dx, dkernel = tangents
+    y = _conv_xla(x, kernel, padding)
+    dy_x = None if isinstance(dx, SymbolicZero) else _conv_input_tangent(dx, kernel, padding)
+    dy_k = (None if isinstance(dkernel, SymbolicZero)
+            else _conv_kernel_tangent(x, dkernel, padding))
+    if dy_x is None and dy_k is None:
+        return y, jnp.zeros_like(y)
+    return y, _add_tangents(dy_x, dy_k)
 
 
-def _conv_explicit_grad_bwd(padding, residuals, g):
-    x, kernel = residuals
-    kh, kw = kernel.shape[:2]
-    # The barrier keeps XLA from folding the flip/transpose back into the convolution's dimension
-    # labels (see `Conv`), so the input gradient stays a plain HWIO convolution.
-    flipped = jax.lax.optimization_barrier(jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2))
-    dx = jax.lax.conv_general_dilated(g, flipped, (1, 1), _adjoint_padding(kh, kw, padding),
-                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    _, kernel_vjp = jax.vjp(lambda k: _conv_xla(x, k, padding), kernel)
-    return dx, kernel_vjp(g)[0]
-
-
-_conv_explicit_grad.defvjp(_conv_explicit_grad_fwd, _conv_explicit_grad_bwd)
+_conv_explicit_grad.defjvp(_conv_explicit_grad_jvp, symbolic_zeros=True)

@@ -124,12 +124,15 @@ def awp_at(apply_fn: c.ApplyFn, *, eps: float, step_size: float, steps: int, gam
 
 def udr_awp(apply_fn: c.ApplyFn, *, eps: float, step_size: float, steps: int, gamma: float = 0.01,
             tau: Optional[float] = None, tau_steps: float = 1.0, lambda_0: float = 1.0,
-            lambda_lr: float = 0.02, lambda_distance: str = "threat", norm: str = "linf",
-            pull: str = "linf", start: str = "uniform", attack_bn: str = "eval") -> c.Objective:
+            lambda_lr: float = 0.02, lambda_distance: str = "mean_abs",
+            lambda_schedule: str = "paper", lambda_period: int = udr.CODE_LAMBDA_PERIOD,
+            norm: str = "linf", pull: str = "linf", start: str = "uniform",
+            attack_bn: str = "eval") -> c.Objective:
     """UDR-AWP-AT (thesis Ch. 5, Table 4, App. D): the UDR adversary (Algorithm 1, risk CE(h(x'), y))
-    with its lambda update (19), then AWP: L = mean CE(f_{w+v}(x^a), y). See `udr` for tau / pull."""
+    with its lambda update (19), then AWP: L = mean CE(f_{w+v}(x^a), y). See `udr` for tau, the pull
+    and the lambda update (distance, schedule); the authors' UDR-AWP script is the [code] there."""
     udr.check_udr(eps, step_size, steps, lambda_0, lambda_lr, norm, pull, start, attack_bn,
-                  lambda_distance)
+                  lambda_distance, lambda_schedule, lambda_period)
     v.check_nonnegative(gamma, "gamma")
     tau = udr.resolve_tau(step_size, tau, tau_steps)
     risk = lambda la, ln, y: udr.risk_pgd(la, ln, y, beta=1.0, natural_weight=0.0)
@@ -140,9 +143,11 @@ def udr_awp(apply_fn: c.ApplyFn, *, eps: float, step_size: float, steps: int, ga
         x_adv, method, metrics = udr.udr_adversary(
             apply_fn, params, state, batch, k_search, risk=risk, eps=eps, step_size=step_size,
             steps=steps, tau=tau, lambda_lr=lambda_lr, norm=norm, pull=pull, start=start,
-            attack_bn=attack_bn, lambda_distance=lambda_distance)
+            attack_bn=attack_bn, lambda_distance=lambda_distance,
+            lambda_schedule=lambda_schedule, lambda_period=lambda_period)
         loss, logits, ms, vp = awp_loss(apply_fn, params, state["model"], x_adv, y, k_awp, gamma)
         metrics.update(adv_acc=c.accuracy(logits, y), awp_norm=_relative_size(vp, params))
         return c.result(loss, metrics, ms, method)
 
-    return c.Objective(objective, init_method_state=udr._init_lambda(lambda_0))
+    return c.Objective(objective, init_method_state=lambda key: udr.init_lambda_state(
+        lambda_0, lambda_schedule))

@@ -24,16 +24,47 @@ Algorithm 1, per minibatch:
   3. theta <- theta - eta_theta grad_theta mean_i g(x_i^a, x_i, y_i)                     (20)
 
 The pull (`pull`), as the chapter and the authors' code write it:
-  * "linf" ([code], per pixel): delta_i <- delta_i - kappa (delta_i - sign(delta_i) eps) on the pixels
-    with |delta_i| > eps, kappa = lambda eta / tau: a step on the per-pixel soft cost outside the ball.
-  * "l2" (App. B, Eq. 29, c = ||.||_2^2 / 2): delta <- (1 - kappa) delta, an interpolation towards x,
-    with kappa = eta lambda inside the ball and eta lambda / tau outside it (the two branches of (16)).
+  * "linf" ([code], per pixel; the default, the only pull the authors released): delta_i <- delta_i
+    - kappa (delta_i - sign(delta_i) eps) on the pixels with |delta_i| > eps, kappa = lambda eta /
+    tau: a step on the per-pixel soft cost outside the ball.
+  * "linf_single" (App. G, MNIST: "when using L_inf norm as the cost function ... only single pixel
+    has been traced back at each iteration"): the gradient of c = ||delta||_inf is one-hot at the
+    pixel of largest |delta_i| (Table 11), so only that pixel is pulled, by the same per-pixel step as
+    "linf" (only when it is outside the ball, as the [code] pull). The thesis' MNIST code is not
+    released; reading its step as the [code]'s proportional step (rather than a literal step of
+    eta lambda / tau = lambda, which would throw the pixel across the whole [0, 1] range at
+    tau = eta) is our choice.
+  * "l2" (App. B, Eq. 29, c = ||.||_2^2 / 2; the chapter's CIFAR choice): delta <- (1 - kappa)
+    delta, an interpolation towards x, with kappa = eta lambda inside the ball and eta lambda / tau
+    outside it (the two branches of (16)).
 kappa is capped at 1 (`min(kappa, 1)`): kappa = 1 is the projection onto the ball ("linf") or back to
 x ("l2"); a larger kappa would overshoot past it (and oscillate for kappa > 2), which the papers never
-intend. With the cap the hard-ball limit (tau -> 0 or lambda -> inf, Theorem 1) is exactly PGD-AT /
-TRADES / MART's projected step. Caveat (notes): with the [code] defaults lambda_0 = 1 and tau = eta,
-kappa = 1 already, so the "linf" pull IS hard clipping until lambda has decreased; a short run needs a
-smaller lambda_0 or a larger eta_lambda before UDR departs from its baseline.
+intend (the [code] has no cap, but its lambda starts at 1 and only exceeds 1 transiently). With the
+cap the hard-ball limit (tau -> 0 or lambda -> inf, Theorem 1) is exactly PGD-AT / TRADES / MART's
+projected step. With the [code] defaults lambda_0 = 1 and tau = eta, kappa = 1 already, so the
+"linf" pull IS hard clipping until lambda has decreased.
+
+The lambda update (19) (`lambda_distance`, `lambda_schedule`):
+  * The distance c(x^a, x) inside c_hat. Default "mean_abs", the authors' code: (1/d) sum_j |delta_j|
+    (its `mynorm(delta, order=1)`). "threat": ||delta||_p of the threat model, linf by default, as
+    App. G writes it ("we still use L_inf in the Equation to update lambda"). Why the code's is the
+    default: with the linf pull and kappa >= 1 (lambda_0 eta / tau >= 1, e.g. the [code] lambda_0 = 1
+    and tau = eta) every example ends on the ball's surface, linf distance exactly eps, so eps -
+    mean c_hat = 0 and lambda never moves; below kappa = 1 the linf distance exceeds eps and lambda
+    rises back to kappa = 1. So "threat" with the "linf" pull converges to, and stays at, the hard
+    ball: UDR becomes exactly PGD-AT / TRADES / MART (a fixed point, not an error, hence allowed; the
+    udr_toy study shows it). The pixel mean is below eps whenever some pixels are inside the ball, so
+    "mean_abs" lets lambda decrease until the perturbations' mean size reaches eps.
+  * The schedule. "paper" (default): (19) after every minibatch (Algorithm 1, step 3), kept in
+    lambda >= 0 (lambda is a dual variable of (17)). "code": the authors' code: the per-batch mean
+    distance is accumulated and lambda <- lambda - eta_lambda (eps - mean of the accumulated batch
+    means) every `lambda_period` (10) steps (at steps 0, 10, 20, ..., as the code's `i % 10 == 0`
+    within its first epoch; the code restarts i every epoch, we count globally), on the raw distance
+    (no c_hat) and without the clamp at 0. With eta_lambda = 0.02 that is about 0.002 per step, ten
+    times slower than "paper" at the same eta_lambda.
+  The objective logs "lambda", "soft_cost" (the mean c_hat of this batch), "distance" (mean threat
+  norm), "linf", "l2" and "mean_abs" (the training adversary's mean perturbation sizes), and "outside"
+  (the fraction of examples outside the ball).
 
 Other choices:
   * Every step clips x_{n+1} to the box [0, 1] (Algorithm 1 clips only at the end; the model only sees
@@ -47,14 +78,6 @@ Other choices:
     TRADES is Zhang et al.'s, whose code computes KL(p_nat || p_adv)).
   * lambda is updated from the global-batch mean of c_hat (`cross_device_mean`), so the max(0, .) of
     (19) gives the same lambda on 1 or N devices.
-  * The distance inside c_hat for (19) (`lambda_distance`): "threat" (default, the paper: ||delta||_p
-    of the threat model, linf) or "mean_abs" (the authors' code: (1/d) sum_j |delta_j|, without c_hat
-    in the code; c_hat changes it only when the mean exceeds eps). They differ in kind: under hard
-    clipping every example's linf distance is exactly eps (so "threat" keeps lambda near its
-    hard-ball value), while the pixel mean is below eps whenever some pixels are inside (so
-    "mean_abs" lets lambda decrease, the decay the chapter reports). The code also (a) updates lambda
-    every 10 steps with the mean of those 10 batches (about eta_lambda / 10 per step) and (b) does not
-    clip lambda at 0; here (19) runs every step and lambda >= 0.
 """
 
 from __future__ import annotations
@@ -71,9 +94,11 @@ from advjax.objectives.mart import boosted_ce
 from advjax.threat import Scalar
 
 RISKS = ("pgd", "trades", "mart")
-PULLS = ("linf", "l2")
+PULLS = ("linf", "linf_single", "l2")
 STARTS = ("uniform", "trades")
-LAMBDA_DISTANCES = ("threat", "mean_abs")
+LAMBDA_DISTANCES = ("mean_abs", "threat")
+LAMBDA_SCHEDULES = ("paper", "code")
+CODE_LAMBDA_PERIOD = 10
 TRADES_INIT_STD = 0.001
 
 RiskFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
@@ -141,6 +166,16 @@ def pull_linf(delta: jax.Array, eps: Scalar, kappa: Scalar) -> jax.Array:
     return jnp.where(jnp.abs(delta) > eps, pulled, delta).astype(delta.dtype)
 
 
+def pull_linf_single(delta: jax.Array, eps: Scalar, kappa: Scalar) -> jax.Array:
+    """App. G's linf pull: only the pixel of largest |delta_i| per example is pulled ("only single
+    pixel has been traced back at each iteration"), by `pull_linf`'s step, if it is outside the
+    ball. Ties go to the first such pixel (row-major), so exactly one pixel moves."""
+    flat = delta.reshape(delta.shape[0], -1)
+    top = jax.nn.one_hot(jnp.argmax(jnp.abs(flat), axis=1), flat.shape[1], dtype=jnp.bool_)
+    pulled = pull_linf(flat, eps, kappa)
+    return jnp.where(top, pulled, flat).reshape(delta.shape).astype(delta.dtype)
+
+
 def pull_l2(delta: jax.Array, distance: jax.Array, eps: Scalar, kappa_in: Scalar,
             kappa_out: Scalar) -> jax.Array:
     """Eq. (18 ii) / (29) with c = ||.||_2^2 / 2: delta <- (1 - kappa) delta, x_{n+1} =
@@ -166,8 +201,8 @@ def udr_attack(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array, y: jax
     threat.check_norm(norm)
     if pull not in PULLS:
         raise ValueError(f"pull must be one of {PULLS}, got {pull!r}")
-    if pull == "linf" and norm != "linf":
-        raise ValueError('pull="linf" is the per-pixel pull of the linf ball; use pull="l2" '
+    if pull in ("linf", "linf_single") and norm != "linf":
+        raise ValueError(f'pull={pull!r} is a pull of the linf ball; use pull="l2" '
                          f'with norm={norm!r}')
     if start not in STARTS:
         raise ValueError(f"start must be one of {STARTS}, got {start!r}")
@@ -192,6 +227,8 @@ def udr_attack(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array, y: jax
         delta = x_inter - x
         if pull == "linf":
             delta = pull_linf(delta, eps, kappa_out)
+        elif pull == "linf_single":
+            delta = pull_linf_single(delta, eps, kappa_out)
         else:
             delta = pull_l2(delta, threat.norm_of(delta, norm), eps, kappa_in, kappa_out)
         return threat.clip_to_box(x + delta).astype(dtype)
@@ -213,7 +250,8 @@ def resolve_tau(step_size: Scalar, tau: Optional[float], tau_steps: float) -> Sc
 
 def check_udr(eps: Scalar, step_size: Scalar, steps: int, lambda_0: Scalar, lambda_lr: Scalar,
               norm: str, pull: str, start: str, attack_bn: str,
-              lambda_distance: str = "threat") -> None:
+              lambda_distance: str = "mean_abs", lambda_schedule: str = "paper",
+              lambda_period: int = CODE_LAMBDA_PERIOD) -> None:
     v.check_nonnegative(eps, "eps")
     v.check_nonnegative(step_size, "step_size")
     v.check_positive_int(steps, "steps")
@@ -222,22 +260,26 @@ def check_udr(eps: Scalar, step_size: Scalar, steps: int, lambda_0: Scalar, lamb
     threat.check_norm(norm)
     if pull not in PULLS:
         raise ValueError(f"pull must be one of {PULLS}, got {pull!r}")
-    if pull == "linf" and norm != "linf":
-        raise ValueError(f'pull="linf" needs norm="linf", got norm={norm!r}')
+    if pull in ("linf", "linf_single") and norm != "linf":
+        raise ValueError(f'pull={pull!r} needs norm="linf", got norm={norm!r}')
     if start not in STARTS:
         raise ValueError(f"start must be one of {STARTS}, got {start!r}")
     if lambda_distance not in LAMBDA_DISTANCES:
         raise ValueError(f"lambda_distance must be one of {LAMBDA_DISTANCES}, "
                          f"got {lambda_distance!r}")
+    if lambda_schedule not in LAMBDA_SCHEDULES:
+        raise ValueError(f"lambda_schedule must be one of {LAMBDA_SCHEDULES}, "
+                         f"got {lambda_schedule!r}")
+    v.check_positive_int(lambda_period, "lambda_period")
     c.check_attack_bn(attack_bn)
 
 
 def lambda_distance_of(delta: jax.Array, kind: str, norm: str) -> jax.Array:
-    """Per-example distance c(x^a, x) that enters c_hat in the lambda update (19).
+    """Per-example distance c(x^a, x) that enters the lambda update (19).
 
-    "threat": ||delta||_p of the threat model (linf by default), as App. G states ("we still use L_inf
-    in the Equation to update lambda"). "mean_abs": the mean absolute pixel perturbation
-    (1/d) sum_j |delta_j|, what the authors' code uses (its `mynorm(delta, order=1)`).
+    "mean_abs" (default): the mean absolute pixel perturbation (1/d) sum_j |delta_j|, what the
+    authors' code uses (its `mynorm(delta, order=1)`). "threat": ||delta||_p of the threat model
+    (linf by default), as App. G states ("we still use L_inf in the Equation to update lambda").
     """
     if kind == "threat":
         return threat.norm_of(delta, norm)
@@ -246,11 +288,46 @@ def lambda_distance_of(delta: jax.Array, kind: str, norm: str) -> jax.Array:
     raise ValueError(f"lambda_distance must be one of {LAMBDA_DISTANCES}, got {kind!r}")
 
 
-def udr_adversary(apply_fn: c.ApplyFn, params: Any, state: Dict[str, Any], batch: Dict[str, jax.Array],
-                  key: jax.Array, *, risk: RiskFn, eps: Scalar, step_size: Scalar, steps: int,
-                  tau: Scalar, lambda_lr: Scalar, norm: str, pull: str, start: str, attack_bn: str,
-                  lambda_distance: str = "threat") -> Tuple[Any, ...]:
-    """Steps 2-3 of Algorithm 1: (x^a, new method state {"lambda"}, metrics). Shared with UDR-AWP."""
+def init_lambda_state(lambda_0: Scalar, schedule: str = "paper") -> Dict[str, jax.Array]:
+    """The method state of the lambda update: {"lambda"} ("paper"), plus the accumulator of the
+    authors' code ("code": "dist_sum", "dist_count" and the integer step counter "lambda_step")."""
+    state = {"lambda": jnp.asarray(lambda_0, jnp.float32)}
+    if schedule == "code":
+        state.update(dist_sum=jnp.zeros((), jnp.float32), dist_count=jnp.zeros((), jnp.float32),
+                     lambda_step=jnp.zeros((), jnp.int32))
+    return state
+
+
+def lambda_step(method: Dict[str, jax.Array], distance: Scalar, soft_cost: Scalar, eps: Scalar,
+                lr: Scalar, schedule: str = "paper",
+                period: int = CODE_LAMBDA_PERIOD) -> Dict[str, jax.Array]:
+    """One minibatch of the lambda update; `distance` and `soft_cost` are this (global) batch's means
+    of c(x^a, x) and c_hat(x^a, x). Returns the new method state.
+
+    "paper": Eq. (19) with the clamp, every step. "code": accumulate the raw distance; at steps
+    0, period, 2 period, ...: lambda <- lambda - lr (eps - accumulated mean), no clamp; reset.
+    """
+    lam = method["lambda"]
+    if schedule == "paper":
+        return {**method, "lambda": lambda_update(lam, soft_cost, eps, lr)}
+    total = method["dist_sum"] + distance
+    count = method["dist_count"] + 1.0
+    due = method["lambda_step"] % period == 0
+    updated = lam - lr * (eps - total / count)
+    return {**method,
+            "lambda": jnp.where(due, updated, lam).astype(jnp.float32),
+            "dist_sum": jnp.where(due, 0.0, total).astype(jnp.float32),
+            "dist_count": jnp.where(due, 0.0, count).astype(jnp.float32),
+            "lambda_step": method["lambda_step"] + 1}
+
+
+def udr_adversary(apply_fn: c.ApplyFn, params: Any, state: Dict[str, Any],
+                  batch: Dict[str, jax.Array], key: jax.Array, *, risk: RiskFn, eps: Scalar,
+                  step_size: Scalar, steps: int, tau: Scalar, lambda_lr: Scalar, norm: str,
+                  pull: str, start: str, attack_bn: str, lambda_distance: str = "mean_abs",
+                  lambda_schedule: str = "paper",
+                  lambda_period: int = CODE_LAMBDA_PERIOD) -> Tuple[Any, ...]:
+    """Steps 2-3 of Algorithm 1: (x^a, new method state, metrics). Shared with UDR-AWP."""
     x, y = batch["image"], batch["label"]
     k_attack, k_drop = jax.random.split(key)
     lam = state["method"]["lambda"]
@@ -260,24 +337,25 @@ def udr_adversary(apply_fn: c.ApplyFn, params: Any, state: Dict[str, Any], batch
         risk=risk, norm=norm, pull=pull, start=start))
     delta = x_adv - x
     distance = threat.norm_of(delta, norm)
-    soft = soft_ball_cost(lambda_distance_of(delta, lambda_distance, norm), eps, tau)
-    mean_soft = c.cross_device_mean(jnp.mean(soft))
-    new_lam = lambda_update(lam, mean_soft, eps, lambda_lr)
-    metrics = {"lambda": new_lam, "soft_cost": mean_soft, "distance": jnp.mean(distance),
+    lam_distance = lambda_distance_of(delta, lambda_distance, norm)
+    mean_distance = c.cross_device_mean(jnp.mean(lam_distance))
+    mean_soft = c.cross_device_mean(jnp.mean(soft_ball_cost(lam_distance, eps, tau)))
+    method = lambda_step(state["method"], mean_distance, mean_soft, eps, lambda_lr,
+                         lambda_schedule, lambda_period)
+    metrics = {"lambda": method["lambda"], "soft_cost": mean_soft, "distance": jnp.mean(distance),
+               "linf": jnp.mean(threat.norm_of(delta, "linf")),
+               "l2": jnp.mean(threat.norm_of(delta, "l2")),
                "mean_abs": jnp.mean(jnp.abs(delta)),
                # beyond float32 rounding: (x + eps) - x can exceed eps by an ulp
                "outside": jnp.mean((distance > eps * (1 + 1e-5) + 1e-7).astype(jnp.float32))}
-    return x_adv, {**state["method"], "lambda": new_lam}, metrics
-
-
-def _init_lambda(lambda_0):
-    return lambda key: {"lambda": jnp.asarray(lambda_0, jnp.float32)}
+    return x_adv, method, metrics
 
 
 def _make(apply_fn, risk, *, eps, step_size, steps, tau, tau_steps, lambda_0, lambda_lr,
-          lambda_distance, norm, pull, start, attack_bn) -> c.Objective:
+          lambda_distance, lambda_schedule, lambda_period, norm, pull, start,
+          attack_bn) -> c.Objective:
     check_udr(eps, step_size, steps, lambda_0, lambda_lr, norm, pull, start, attack_bn,
-              lambda_distance)
+              lambda_distance, lambda_schedule, lambda_period)
     tau = resolve_tau(step_size, tau, tau_steps)
 
     def objective(params, state, batch, key):
@@ -286,53 +364,71 @@ def _make(apply_fn, risk, *, eps, step_size, steps, tau, tau_steps, lambda_0, la
         x_adv, method, metrics = udr_adversary(
             apply_fn, params, state, batch, k_adv_search, risk=risk, eps=eps, step_size=step_size,
             steps=steps, tau=tau, lambda_lr=lambda_lr, norm=norm, pull=pull, start=start,
-            attack_bn=attack_bn, lambda_distance=lambda_distance)
+            attack_bn=attack_bn, lambda_distance=lambda_distance,
+            lambda_schedule=lambda_schedule, lambda_period=lambda_period)
         logits_nat, ms = c.train_forward(apply_fn, params, state["model"], batch["image"], k_nat)
         logits_adv, ms = c.train_forward(apply_fn, params, ms, x_adv, k_adv)
         loss = jnp.mean(risk(logits_adv, logits_nat, y))
         metrics.update(acc=c.accuracy(logits_nat, y), adv_acc=c.accuracy(logits_adv, y))
         return c.result(loss, metrics, ms, method)
 
-    return c.Objective(objective, init_method_state=_init_lambda(lambda_0))
+    return c.Objective(objective,
+                       init_method_state=lambda key: init_lambda_state(lambda_0, lambda_schedule))
+
+
+_LAMBDA_DOC = """
+    The soft ball and lambda (module docstring): tau = tau_steps * step_size unless `tau` is given;
+    lambda starts at lambda_0 and follows (19) with learning rate lambda_lr, on the distance
+    `lambda_distance` ("mean_abs", the [code]'s, default; "threat", App. G's linf), on the schedule
+    `lambda_schedule` ("paper": every step, lambda >= 0, default; "code": every `lambda_period` steps
+    with the mean of those batches, no clamp). `pull`: "linf" ([code], default), "linf_single"
+    (App. G, MNIST) or "l2" (App. B). [code] values: lambda_0 = 1, lambda_lr = 0.02 (every 10
+    steps), tau = eta."""
 
 
 def udr_pgd(apply_fn: c.ApplyFn, *, eps: float, step_size: float, steps: int, beta: float = 1.0,
             natural_weight: float = 1.0, tau: Optional[float] = None, tau_steps: float = 1.0,
-            lambda_0: float = 1.0, lambda_lr: float = 0.02, lambda_distance: str = "threat",
+            lambda_0: float = 1.0, lambda_lr: float = 0.02, lambda_distance: str = "mean_abs",
+            lambda_schedule: str = "paper", lambda_period: int = CODE_LAMBDA_PERIOD,
             norm: str = "linf", pull: str = "linf", start: str = "uniform",
             attack_bn: str = "eval") -> c.Objective:
     """UDR-PGD (Sec. 3, Algorithm 1): L = mean natural_weight CE(h(x)) + beta CE(h(x^a)).
 
-    Hard-ball limit (Theorem 1): PGD-AT with the loss of Eq. (5). Paper: beta = 1 (MNIST),
-    k = 40, eps = 0.3, eta = 0.01; CIFAR-10 k = 10, 8/255, 2/255. [code] lambda_0 = 1,
-    lambda_lr = 0.02, tau = eta. Metrics: lambda, soft_cost, distance, outside, acc, adv_acc.
+    Hard-ball limit (Theorem 1): PGD-AT with the loss of Eq. (5), `at.pgd_at(beta=...)` (the
+    matched baseline). Paper: beta = 1 (MNIST), k = 40, eps = 0.3, eta = 0.01; CIFAR-10 k = 10,
+    8/255, 2/255. Metrics: lambda, soft_cost, distance, linf, l2, mean_abs, outside, acc, adv_acc.
     """
     v.check_nonnegative(beta, "beta")
     v.check_nonnegative(natural_weight, "natural_weight")
     risk = lambda la, ln, y: risk_pgd(la, ln, y, beta=beta, natural_weight=natural_weight)
     return _make(apply_fn, risk, eps=eps, step_size=step_size, steps=steps, tau=tau,
                  tau_steps=tau_steps, lambda_0=lambda_0, lambda_lr=lambda_lr,
-                 lambda_distance=lambda_distance, norm=norm, pull=pull, start=start,
+                 lambda_distance=lambda_distance, lambda_schedule=lambda_schedule,
+                 lambda_period=lambda_period, norm=norm, pull=pull, start=start,
                  attack_bn=attack_bn)
 
 
 def udr_trades(apply_fn: c.ApplyFn, *, eps: float, step_size: float, steps: int, beta: float = 6.0,
                tau: Optional[float] = None, tau_steps: float = 1.0, lambda_0: float = 1.0,
-               lambda_lr: float = 0.02, lambda_distance: str = "threat", norm: str = "linf",
-               pull: str = "linf", start: str = "uniform", attack_bn: str = "eval") -> c.Objective:
+               lambda_lr: float = 0.02, lambda_distance: str = "mean_abs",
+               lambda_schedule: str = "paper", lambda_period: int = CODE_LAMBDA_PERIOD,
+               norm: str = "linf", pull: str = "linf", start: str = "uniform",
+               attack_bn: str = "eval") -> c.Objective:
     """UDR-TRADES (Sec. 3, Algorithm 1): L = mean CE(h(x)) + beta KL(h(x) || h(x^a)); the adversary
     maximizes the same g (its gradient in x' is beta grad KL). beta = 6 (CIFAR), 1 (MNIST)."""
     v.check_nonnegative(beta, "beta")
     risk = lambda la, ln, y: risk_trades(la, ln, y, beta=beta)
     return _make(apply_fn, risk, eps=eps, step_size=step_size, steps=steps, tau=tau,
                  tau_steps=tau_steps, lambda_0=lambda_0, lambda_lr=lambda_lr,
-                 lambda_distance=lambda_distance, norm=norm, pull=pull, start=start,
+                 lambda_distance=lambda_distance, lambda_schedule=lambda_schedule,
+                 lambda_period=lambda_period, norm=norm, pull=pull, start=start,
                  attack_bn=attack_bn)
 
 
 def udr_mart(apply_fn: c.ApplyFn, *, eps: float, step_size: float, steps: int, beta: float = 5.0,
              bce_input: str = "natural", tau: Optional[float] = None, tau_steps: float = 1.0,
-             lambda_0: float = 1.0, lambda_lr: float = 0.02, lambda_distance: str = "threat",
+             lambda_0: float = 1.0, lambda_lr: float = 0.02, lambda_distance: str = "mean_abs",
+             lambda_schedule: str = "paper", lambda_period: int = CODE_LAMBDA_PERIOD,
              norm: str = "linf", pull: str = "linf", start: str = "uniform",
              attack_bn: str = "eval") -> c.Objective:
     """UDR-MART (Sec. 3, Eq. 7, Algorithm 1): L = mean BCE(h(x)) + beta (1 - h(x)_y) KL(h(x) || h(x^a));
@@ -343,5 +439,10 @@ def udr_mart(apply_fn: c.ApplyFn, *, eps: float, step_size: float, steps: int, b
     risk = lambda la, ln, y: risk_mart(la, ln, y, beta=beta, bce_input=bce_input)
     return _make(apply_fn, risk, eps=eps, step_size=step_size, steps=steps, tau=tau,
                  tau_steps=tau_steps, lambda_0=lambda_0, lambda_lr=lambda_lr,
-                 lambda_distance=lambda_distance, norm=norm, pull=pull, start=start,
+                 lambda_distance=lambda_distance, lambda_schedule=lambda_schedule,
+                 lambda_period=lambda_period, norm=norm, pull=pull, start=start,
                  attack_bn=attack_bn)
+
+
+for _factory in (udr_pgd, udr_trades, udr_mart):
+    _factory.__doc__ += _LAMBDA_DOC

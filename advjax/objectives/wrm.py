@@ -10,7 +10,9 @@ step finds x'* with the Lagrangian attack (`advjax.attacks.wrm.wrm`, T_adv ascen
 gradient step on mean_i CE(f(x'*_i), y_i) (Algorithm 1). Objectives here:
 
   * `wrm` (registry "wrm"): DRA_2 = Sinha et al.'s WRM, c = ||x - x'||_2^2 (`cost` also accepts
-    "elastic", ||.||_2^2 + beta ||.||_2, Sec. 3.2, and "linf").
+    "elastic", ||.||_2^2 + beta ||.||_2, Sec. 3.2, and "linf"). `variant="sinha_code"` is Sinha et
+    al.'s released training instead (`attacks.wrm`'s variant: their ascent schedule, no box, and the
+    0.1-smoothed labels in both the attack and the training loss).
   * `dra_inf` ("dra_inf"): DRA_inf, c = ||x - x'||_inf.
   * `dra_multi` ("dra_multi"): Algorithm 2, the multi-cost ensemble. Each step draws nu ~ U[0, 1];
     nu < p: the l2 Lagrangian attack with gamma_2, else the linf one with gamma_inf.
@@ -43,7 +45,8 @@ import numpy as np
 
 from advjax import threat
 from advjax.attacks import _validation as v
-from advjax.attacks.wrm import ASCENTS, COSTS, transport_cost
+from advjax.attacks.wrm import (ASCENTS, COSTS, SINHA_LABEL_SMOOTHING, VARIANTS,
+                                smoothed_cross_entropy, transport_cost)
 from advjax.attacks.wrm import wrm as wrm_attack
 from advjax.objectives import _common as c
 from advjax.threat import Scalar
@@ -75,7 +78,8 @@ def theorem2_matrix(scatter: jax.Array, r: Scalar, *, psi_floor: Scalar = 1e-6) 
     (fewer perturbations than dimensions, pixels the box never lets move) has psi_j = 0 and Theorem 2
     would give Lambda_jj = inf; the floor caps the condition number of A at psi_floor^(-1/(r+1))
     (100 for r = 2 and the default 1e-6). A has exactly the constraint sum_j Lambda_jj^-r = d for the
-    floored psi.
+    floored psi. psi_floor = 0 is Theorem 2 as the paper states it (no floor; only the dtype's
+    smallest normal number keeps psi > 0, so a null direction gets a huge but finite Lambda_jj).
     """
     scatter = 0.5 * (scatter + scatter.T)
     psi, vecs = jnp.linalg.eigh(scatter)
@@ -105,14 +109,16 @@ def _check_common(gamma, step_size, steps, ascent, attack_bn):
     c.check_attack_bn(attack_bn)
 
 
-def _adversarial_step(apply_fn, params, state, batch, key, craft, attack_bn):
-    """Crafts x' = craft(f, x, y, key) and returns (mean CE(f(x')), logits_adv, x', new model state)."""
+def _adversarial_step(apply_fn, params, state, batch, key, craft, attack_bn, label_smoothing=0.0):
+    """Crafts x' = craft(f, x, y, key) and returns (mean CE(f(x')), logits_adv, x', new model state);
+    the CE against labels smoothed by `label_smoothing` (`attacks.wrm.smoothed_cross_entropy`)."""
     x, y = batch["image"], batch["label"]
     k_attack, k_drop_attack, k_adv = jax.random.split(key, 3)
     f = c.attack_logits_fn(apply_fn, params, state["model"], mode=attack_bn, key=k_drop_attack)
     x_adv = jax.lax.stop_gradient(craft(f, x, y, k_attack))
     logits_adv, model_state = c.train_forward(apply_fn, params, state["model"], x_adv, k_adv)
-    return c.mean_ce(logits_adv, y), logits_adv, x_adv, model_state
+    loss = jnp.mean(smoothed_cross_entropy(logits_adv, y, label_smoothing))
+    return loss, logits_adv, x_adv, model_state
 
 
 def _perturbation_metrics(x_adv, x, y, logits_adv, cost_value, gamma, loss):
@@ -125,14 +131,16 @@ def _perturbation_metrics(x_adv, x, y, logits_adv, cost_value, gamma, loss):
             "adv_acc": c.accuracy(logits_adv, y)}
 
 
-def _fixed_cost_objective(apply_fn: c.ApplyFn, *, gamma, step_size, steps, cost, beta, ascent, attack_bn):
+def _fixed_cost_objective(apply_fn: c.ApplyFn, *, gamma, step_size, steps, cost, beta, ascent,
+                          attack_bn, variant="dra", label_smoothing=0.0):
     def craft(f, x, y, k):
         return wrm_attack(f, x, y, gamma=gamma, step_size=step_size, steps=steps, cost=cost,
-                          beta=beta, ascent=ascent)
+                          beta=beta, ascent=ascent, variant=variant,
+                          label_smoothing=label_smoothing)
 
     def objective(params, state, batch, key):
         loss, logits_adv, x_adv, ms = _adversarial_step(apply_fn, params, state, batch, key, craft,
-                                                        attack_bn)
+                                                        attack_bn, label_smoothing)
         cost_value = transport_cost(x_adv - batch["image"], cost, beta=beta)
         metrics = _perturbation_metrics(x_adv, batch["image"], batch["label"], logits_adv,
                                         cost_value, gamma, loss)
@@ -145,20 +153,43 @@ def _fixed_cost_objective(apply_fn: c.ApplyFn, *, gamma, step_size, steps, cost,
 # Factories
 # ------------------------------------------------------------------------------------------------
 
-def wrm(apply_fn: c.ApplyFn, *, gamma: float, step_size: float, steps: int, cost: str = "l2",
-        beta: float = 0.0, ascent: str = "gradient", attack_bn: str = "eval") -> c.Objective:
+def wrm(apply_fn: c.ApplyFn, *, gamma: float, step_size: Optional[float] = None, steps: int,
+        cost: str = "l2", beta: float = 0.0, ascent: str = "gradient", variant: str = "dra",
+        label_smoothing: Optional[float] = None, attack_bn: str = "eval") -> c.Objective:
     """WRM (Sinha et al. 2018) = DRA_2 (DRA Eq. 5 with c = ||x - x'||_2^2, Algorithm 1).
 
+    variant="dra" (default; DRA's Algorithm 1, whose Table-3 pattern the dro_fmnist study tests):
     L = mean_i CE(f(x'_i), y_i), x'_i from `steps` ascent steps of size `step_size` on
-    CE(f(x'), y) - gamma c(x, x'). cost: "l2" (default), "elastic" (+ beta ||.||_2) or "linf".
-    DRA's CIFAR-10 runs: gamma = 0.002 (DRA_2), inner learning rate 0.001 with Adam.
+    CE(f(x'), y) - gamma c(x, x') in the box. cost: "l2" (default), "elastic" (+ beta ||.||_2) or
+    "linf". DRA's CIFAR-10 runs: gamma = 0.002 (DRA_2), inner learning rate 0.001 with Adam.
+    variant="sinha_code": Sinha et al.'s released training (`attacks.wrm`: first step 1 / (2 gamma),
+    then `steps` steps of 1 / (2 gamma sqrt(t + 2)), no box; their MNIST run: gamma = 0.5 / 1.3,
+    steps = 15), L = the CE against labels smoothed by `label_smoothing` (default 0.1) at x'.
+    label_smoothing also applies to variant="dra" when given (default 0 there).
     """
-    _check_common(gamma, step_size, steps, ascent, attack_bn)
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    if variant == "sinha_code":
+        label_smoothing = SINHA_LABEL_SMOOTHING if label_smoothing is None else label_smoothing
+        v.check_nonnegative(gamma, "gamma")
+        v.check_positive_int(steps, "steps")
+        c.check_attack_bn(attack_bn)
+        if not gamma > 0:
+            raise ValueError(f'variant="sinha_code" needs gamma > 0, got {gamma}')
+        if cost != "l2":
+            raise ValueError(f'variant="sinha_code" is the l2 cost, got cost={cost!r}')
+    else:
+        if step_size is None:
+            raise ValueError('wrm(variant="dra") needs step_size')
+        _check_common(gamma, step_size, steps, ascent, attack_bn)
+    label_smoothing = 0.0 if label_smoothing is None else label_smoothing
+    v.check_nonnegative(label_smoothing, "label_smoothing")
     if cost not in COSTS or cost == "mahalanobis":
         raise ValueError(f'cost must be "l2", "elastic" or "linf" (use dra_mahalanobis for a '
                          f'learned A), got {cost!r}')
     return _fixed_cost_objective(apply_fn, gamma=gamma, step_size=step_size, steps=steps, cost=cost,
-                                 beta=beta, ascent=ascent, attack_bn=attack_bn)
+                                 beta=beta, ascent=ascent, attack_bn=attack_bn, variant=variant,
+                                 label_smoothing=label_smoothing)
 
 
 def dra_inf(apply_fn: c.ApplyFn, *, gamma: float, step_size: float, steps: int, ascent: str = "gradient",
@@ -233,7 +264,9 @@ def dra_mahalanobis(apply_fn: c.ApplyFn, *, gamma: float, step_size: float, step
       "count": the number of steps summed;
       "A_eig_min", "A_eig_max", "A_cond": A's spectrum, logged every step.
     `end_of_epoch` (Alg. 3 line 8) sets A = `theorem2_matrix(scatter / count, r, psi_floor)` and
-    resets the scatter (A is kept if no step ran). r = 2 (Frobenius norm of A^-1) in DRA's runs,
+    resets the scatter (A is kept if no step ran). psi_floor (not in the paper; default 1e-6, cond(A)
+    <= 100 for r = 2) keeps the explicit ascent stable (step_size gamma 2 lambda_max(A) < 2) when the
+    scatter is (nearly) rank-deficient; psi_floor = 0 is the paper's unfloored Theorem 2. r = 2 (Frobenius norm of A^-1) in DRA's runs,
     gamma = 0.001. The d x d scatter update costs B d^2 per step and the eigendecomposition O(d^3)
     once per epoch. Stability of "gradient" ascent needs step_size * gamma * 2 lambda_max(A) < 2.
     """
@@ -241,8 +274,8 @@ def dra_mahalanobis(apply_fn: c.ApplyFn, *, gamma: float, step_size: float, step
     d = v.check_positive_int(input_dim, "input_dim")
     if not r > 0:
         raise ValueError(f"r must be > 0, got {r}")
-    if not 0.0 < psi_floor <= 1.0:
-        raise ValueError(f"psi_floor must be in (0, 1], got {psi_floor}")
+    if not 0.0 <= psi_floor <= 1.0:
+        raise ValueError(f"psi_floor must be in [0, 1], got {psi_floor}")
 
     def init_method_state(key):
         del key
