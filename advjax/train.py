@@ -1150,6 +1150,9 @@ def _train_and_evaluate(config, workdir: str, changes, replica_changes=()) -> Di
 
 
 SEEDS_SUMMARY = "eval_seeds"
+#: Accuracy columns of an evaluation averaged over seeds, besides attack/<label> and
+#: targeted/<label> (targeted success rates): clean, the per-example worst case, AutoAttack's.
+SEEDS_SUMMARY_COLUMNS = ("clean", "a_rob", "autoattack/clean", "autoattack")
 
 
 def seeds_summary(config, workdir: str, results: List[Dict[str, Any]], *,
@@ -1158,7 +1161,8 @@ def seeds_summary(config, workdir: str, results: List[Dict[str, Any]], *,
     sample standard deviation (ddof = 1) over seeds of every accuracy column. Written to
     WORKDIR/eval_seeds.json / .md (each seed's own eval.json / .md are in WORKDIR/seed<N>/)."""
     seeds = [s for s, _ in seed_workdirs(config, workdir)]
-    columns = [k for k in results[0] if k == "clean" or k.startswith("attack/") or k == "a_rob"]
+    columns = [k for k in results[0] if k in SEEDS_SUMMARY_COLUMNS
+               or k.startswith(("attack/", "targeted/"))]
     values = {c: np.array([r[c] for r in results], dtype=np.float64) for c in columns}
     mean = {c: float(v.mean()) for c, v in values.items()}
     std = {c: float(v.std(ddof=1)) if len(v) > 1 else 0.0 for c, v in values.items()}
@@ -1166,7 +1170,7 @@ def seeds_summary(config, workdir: str, results: List[Dict[str, Any]], *,
     out = {"seeds": seeds, "n": results[0]["n"], "step": results[0]["step"],
            "workdirs": [d for _, d in seed_workdirs(config, workdir)],
            "mean": mean, "std": std, "per_seed": per_seed, "train_seconds": train_seconds}
-    head = ["seed"] + [c.replace("attack/", "") for c in columns]
+    head = ["seed"] + [c[len("attack/"):] if c.startswith("attack/") else c for c in columns]
     lines = [f"### {config.objective.name} on {config.data.name} ({config.model.name}), "
              f"step {out['step']}, {out['n']} test examples, seeds {seeds[0]}-{seeds[-1]}", "",
              "| " + " | ".join(head) + " |", "|---" + "|---:" * len(columns) + "|"]

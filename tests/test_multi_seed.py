@@ -280,6 +280,31 @@ def test_each_seed_workdir_has_the_files_of_a_single_run(group, tmp_path):
     assert summary["mean"]["clean"] == pytest.approx(means)
 
 
+def test_seeds_summary_averages_every_accuracy_column(tmp_path):
+    """Mean and sample std over seeds of clean, attack/*, targeted/*, a_rob and AutoAttack's
+    columns; other keys (counts, norms, files) are per seed only."""
+    from advjax import train
+    config = small_config(tmp_path, seed=4, **{"train.seeds": 3})
+    results = [{"clean": c, "attack/pgd-20": a, "targeted/apgd-t": t, "a_rob": a - 0.01,
+                "autoattack": a - 0.02, "autoattack/clean": c, "autoattack/norm": "Linf",
+                "n": 64, "step": 12, "eval_file": "x", "table": "t"}
+               for c, a, t in ((0.9, 0.5, 0.2), (0.8, 0.4, 0.1), (0.7, 0.3, 0.3))]
+    out = train.seeds_summary(config, str(tmp_path), results, train_seconds=1.0)
+    assert out["seeds"] == [4, 5, 6]
+    assert sorted(out["mean"]) == sorted(["clean", "attack/pgd-20", "targeted/apgd-t", "a_rob",
+                                          "autoattack", "autoattack/clean"])
+    assert out["mean"]["attack/pgd-20"] == pytest.approx(0.4)
+    assert out["std"]["clean"] == pytest.approx(0.1)  # ddof = 1
+    assert out["mean"]["targeted/apgd-t"] == pytest.approx(0.2)
+    assert out["per_seed"]["5"]["autoattack/norm"] == "Linf" and "table" not in out["per_seed"]["5"]
+    header = out["table"].splitlines()[2]
+    assert header == ("| seed | clean | pgd-20 | targeted/apgd-t | a_rob | autoattack | "
+                      "autoattack/clean |")
+    assert "| mean +- std | 80.00 +- 10.00 |" in out["table"]
+    stored = json.load(open(tmp_path / "eval_seeds.json"))
+    assert stored["mean"] == out["mean"]
+
+
 def test_advjax_eval_works_on_a_seed_workdir_and_explains_the_parent(group, tmp_path):
     from advjax import train
     w = os.path.join(group, "seed1")
