@@ -53,6 +53,12 @@ def default_config() -> ml_collections.ConfigDict:
     c.train.checkpoint_every_steps = 200
     c.train.keep_checkpoints = 3      # >= 1: the newest checkpoints kept (older ones are deleted)
     c.train.progress = True
+    # Several seeds in one process (advjax.train, "Several seeds"): seeds = K >= 1 trains replicas
+    # with seeds seed, seed + 1, ..., seed + K - 1 side by side, each in WORKDIR/seed<seed + k>.
+    # seeds_mode: "auto" (vmap on GPU / TPU, sequential on CPU), "vmap" (one vmapped program over
+    # the replicas) or "sequential" (the single-seed step, run once per replica per step).
+    c.train.seeds = 1
+    c.train.seeds_mode = "auto"
     # Collapse guard (advjax.train.CollapseGuard): after collapse_warmup_epochs, stop the run when,
     # averaged over the last collapse_window_epochs, the model (evaluation mode, on the training
     # batches, probed every log_every steps) predicts one class for at least collapse_top_class of
@@ -401,11 +407,15 @@ def unknown_keys(config: ml_collections.ConfigDict) -> Dict[str, list]:
     return out
 
 
+#: config.train.seeds_mode values (advjax.train.resolve_seeds_mode).
+SEEDS_MODES = ("auto", "vmap", "sequential")
+
 # (key, minimum, integer?) for the train / eval values the loop divides by, counts or loops over.
 _RANGES = (
     ("train.epochs", 1, True), ("train.batch_size", 1, True), ("train.log_every", 1, True),
     ("train.keep_checkpoints", 1, True), ("train.checkpoint_every_steps", 0, True),
-    ("train.num_devices", 0, True), ("train.collapse_warmup_epochs", 0, False),
+    ("train.num_devices", 0, True), ("train.seeds", 1, True),
+    ("train.collapse_warmup_epochs", 0, False),
     ("train.collapse_window_epochs", 0, False), ("train.collapse_acc_margin", 0, False),
     ("eval.batch_size", 1, True), ("eval.limit", 0, True), ("data.train_limit", 0, True),
 )
@@ -432,6 +442,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
             what = {"train.keep_checkpoints": " (0 would delete every checkpoint, the trained "
                                               "model included)"}.get(key, "")
             raise ValueError(f"config.{key} must be >= {minimum}, got {value!r}{what}")
+    mode = flat.get("train.seeds_mode")
+    if mode is not None and mode not in SEEDS_MODES:
+        raise ValueError(f"config.train.seeds_mode must be one of {SEEDS_MODES}, got {mode!r}")
     top = flat.get("train.collapse_top_class")
     if top is not None and not 0.0 < top <= 1.0:
         raise ValueError(f"config.train.collapse_top_class must be in (0, 1], got {top!r}")

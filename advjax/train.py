@@ -38,10 +38,39 @@ takes part in orbax's checkpoint saves and restores.
 Outputs in `workdir`: checkpoints/, metrics.jsonl (one JSON object per logged step), tb/ (TensorBoard
 event files), config.json, eval.json and eval.md (the final evaluation table; eval.n<N>.* when only
 the first N test examples are evaluated).
+
+Several seeds (config.train.seeds = K > 1): K independent replicas in one process, replica k being
+the single-seed run with seed config.seed + k (its own initialization, data order, attack / dropout
+keys and method state). Each has its own workdir, WORKDIR/seed<config.seed + k> (named by the seed,
+so a directory says which run it holds), with the files above and a config.json whose `seed` is
+the replica's (train.seeds is kept: the directory stays bound to the group); WORKDIR holds the
+group's config.json, the lock, and eval_seeds.json / .md (every seed's evaluation, mean and std).
+`advjax eval` / `attack` and `restore_state` work on a seed's workdir as on any run's.
+How replicas are stepped (`resolve_seeds_mode`, train.seeds_mode):
+  * "sequential" (the default on CPU): the single-seed program, compiled once with the key as an
+    argument (`compile_keyed_step`) and dispatched once per replica per step: each replica is its
+    single-seed run bit for bit;
+  * "vmap" (the default on GPU / TPU): one program, `train_step` under `jax.vmap` over the stacked
+    states, batches and keys (`replicas_train_step`): the same runs up to float rounding. On XLA:CPU
+    it is about 3x slower than "sequential" (CNN-4C3F PGD-AT, K = 3 and 5: 0.34x and 0.30x the
+    single-seed images/s, against 1.04x and 1.01x; README, "Several seeds"): vmapped convolutions
+    with per-replica kernels become grouped convolutions (feature_group_count = K), which XLA:CPU
+    runs 1.6-2.4x slower than K plain ones (`benchmarks/multi_seed.py --convs`).
+Guarantees per seed: every seed's workdir is locked and its stored config checked (as WORKDIR's:
+train.seeds may not change on resume; train.seeds_mode may). The replicas save one after the other
+at the same steps, keeping one checkpoint more than train.keep_checkpoints until all have saved,
+so a kill between two saves always leaves a step that every replica has: a rerun resumes all
+replicas from their common step (a replica one checkpoint ahead has that checkpoint moved to
+checkpoints.superseded/; one further ahead, which no interrupted save leaves, is refused). A
+non-finite loss or a collapse in any replica stops all of them (they are one run), after the
+healthy replicas' metrics rows of that step are written, with an error naming each failed seed;
+every replica keeps its checkpoints.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import functools
 import json
 import os
@@ -69,6 +98,7 @@ from advjax import workdir as workdir_lib
 AXIS = "batch"
 CHECKPOINTS = "checkpoints"
 DAMAGED_CHECKPOINTS = "checkpoints.damaged"
+SUPERSEDED_CHECKPOINTS = "checkpoints.superseded"
 
 
 class TrainState(train_state.TrainState):
@@ -297,6 +327,188 @@ def compile_step(objective, base_key, mesh: Mesh, *, probe_every: int = 0):
 
 
 # ------------------------------------------------------------------------------------------------
+# Several seeds: K replicas of a run in one process (config.train.seeds)
+# ------------------------------------------------------------------------------------------------
+
+def seed_workdirs(config, workdir: str) -> List[Tuple[int, str]]:
+    """[(seed, workdir)] of a run's replicas: seed config.seed + k in WORKDIR/seed<config.seed + k>
+    for k < config.train.seeds, or [(config.seed, workdir)] for a single-seed run.
+
+    A replica's directory is named by its seed (not its index k), so that WORKDIR/seed3 holds the run
+    of seed 3 whatever the base seed of the group, and reads as such in a listing or a study table.
+    """
+    k = int(config.train.get("seeds", 1))
+    if k == 1:
+        return [(int(config.seed), workdir)]
+    return [(int(config.seed) + i, os.path.join(workdir, f"seed{int(config.seed) + i}"))
+            for i in range(k)]
+
+
+def replica_config(config, seed: int):
+    """The config of one replica: `config` with config.seed = seed (train.seeds is kept, so that a
+    replica's workdir stays bound to its multi-seed run)."""
+    c = copy.deepcopy(config)
+    c.seed = seed
+    return c
+
+
+def resolve_seeds_mode(config, devices) -> str:
+    """How the replicas of a run are stepped: "single" (train.seeds = 1: the single-seed program),
+    else train.seeds_mode, where "auto" is "vmap" on GPU / TPU and "sequential" on CPU.
+
+    Why "sequential" on XLA:CPU: under vmap, a convolution whose kernel differs per replica becomes
+    one grouped convolution (feature_group_count = K), which XLA:CPU runs slower than K plain ones,
+    so the vmapped step loses to the single-seed step run K times (CNN-4C3F PGD-AT, batch 128, on a
+    quiet 2-core CPU: 0.30-0.34x against 1.01-1.04x; `python benchmarks/multi_seed.py`). GPUs and
+    TPUs have fast grouped convolutions, and a small model leaves them idle, so there one vmapped
+    program is the better bet (not measured).
+    """
+    if int(config.train.get("seeds", 1)) == 1:
+        return "single"
+    mode = config.train.get("seeds_mode", "auto")
+    if mode == "auto":
+        return "vmap" if devices[0].platform in ("gpu", "tpu", "cuda", "rocm") else "sequential"
+    return mode
+
+
+def replicas_train_step(states: TrainState, batches: Dict[str, jax.Array], base_keys: jax.Array,
+                        *, objective, probe_every: int = 0):
+    """One step of K replicas in one program: `train_step` under `jax.vmap` over the leading axis of
+    the stacked states, batches (K, B, ...) and base keys (K, 2). Replica k computes what a
+    single-seed run with its key and batch computes (up to float rounding: the batched convolutions
+    and matmuls sum in another order). Returns (new states, metrics with a leading K axis).
+
+    The probe's predicate (the step count, the same for every replica) is evaluated outside the
+    vmap, so that the probe runs only on the steps before a multiple of probe_every, as in
+    `train_step` (inside the vmap, lax.cond of a batched predicate would compute it every step).
+    """
+    def one(state, batch, key):
+        return train_step(state, batch, objective=objective, base_key=key)
+
+    new_states, metrics = jax.vmap(one)(states, batches, base_keys)
+    if probe_every:
+        k = base_keys.shape[0]
+        zeros = {"probe_acc": jnp.zeros((k,)), "probe_top_class": jnp.zeros((k,))}
+        metrics.update(jax.lax.cond((states.step[0] + 1) % probe_every == 0,
+                                    lambda: jax.vmap(prediction_probe)(states, batches),
+                                    lambda: zeros))
+    return new_states, metrics
+
+
+def replicas_batch_sharded(mesh: Mesh) -> NamedSharding:
+    """Stacked replica batches (K, B, ...): the replica axis whole, the batch axis over the mesh."""
+    return NamedSharding(mesh, PartitionSpec(None, AXIS))
+
+
+def compile_keyed_step(objective, mesh: Mesh, *, probe_every: int = 0):
+    """`train_step` jitted for `mesh` with the base key as an argument: (replicated state,
+    batch-sharded batch, replicated base key) -> (state, metrics), one program for every seed (the
+    "sequential" mode of several seeds). The input state is donated."""
+    def step(state, batch, base_key):
+        return train_step(state, batch, objective=objective, base_key=base_key,
+                          probe_every=probe_every)
+
+    rep = replicated(mesh)
+    return jax.jit(step, in_shardings=(rep, batch_sharded(mesh), rep), out_shardings=(rep, rep),
+                   donate_argnums=(0,))
+
+
+def compile_replicas_step(objective, mesh: Mesh, *, probe_every: int = 0):
+    """`replicas_train_step` jitted for `mesh`: (replicated stacked states, stacked batches split
+    over the batch axis, replicated (K, 2) base keys) -> (states, metrics); states are donated."""
+    step = functools.partial(replicas_train_step, objective=objective, probe_every=probe_every)
+    rep = replicated(mesh)
+    return jax.jit(step, in_shardings=(rep, replicas_batch_sharded(mesh), rep),
+                   out_shardings=(rep, rep), donate_argnums=(0,))
+
+
+def stack_states(states):
+    """Host pytrees with the same structure -> one pytree whose leaves have a leading replica axis."""
+    return jax.tree_util.tree_map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *states)
+
+
+def unstack_state(stacked, k: int):
+    """Replica k of a stacked host pytree (copies, so that each replica owns its arrays)."""
+    return jax.tree_util.tree_map(lambda a: np.array(a[k]), stacked)
+
+
+class _Replicas:
+    """The device state of a run's replicas and the step that advances all of them by one.
+
+    mode "single" (train.seeds = 1): `compile_step`, the program of a single-seed run, unchanged.
+    "sequential": `compile_keyed_step`, compiled once and called once per replica per step (each
+      call is that seed's single-seed step: same program, the key an argument instead of a constant).
+    "vmap": `compile_replicas_step`, one program for all replicas (states stacked on a leading axis).
+    """
+
+    def __init__(self, states: List[TrainState], base_keys: List[jax.Array], b, mode: str, *,
+                 probe_every: int):
+        self.mode, self.mesh, self.objective = mode, b["mesh"], b["objective"]
+        self.n = len(states)
+        mesh, obj = self.mesh, self.objective
+        if mode == "single":
+            self._step = compile_step(obj, base_keys[0], mesh, probe_every=probe_every)
+            self.device = [replicate(states[0], mesh)]
+        elif mode == "sequential":
+            self._step = compile_keyed_step(obj, mesh, probe_every=probe_every)
+            self.keys = [replicate(np.asarray(k), mesh) for k in base_keys]
+            self.device = [replicate(s, mesh) for s in states]
+        elif mode == "vmap":
+            self._step = compile_replicas_step(obj, mesh, probe_every=probe_every)
+            self.keys = replicate(np.stack([np.asarray(k) for k in base_keys]), mesh)
+            self.device = replicate(stack_states(states), mesh)
+        else:
+            raise ValueError(f"train.seeds_mode must be one of {config_lib.SEEDS_MODES}, "
+                             f"got {mode!r}")
+
+    def step(self, batches: List[Dict[str, np.ndarray]]):
+        """Dispatches one step of every replica (batches[k]: this process's slice of replica k's
+        global batch); returns the metrics as device arrays (read them with `host_metrics`)."""
+        if self.mode == "single":
+            self.device[0], metrics = self._step(self.device[0], shard_batch(batches[0], self.mesh))
+            return metrics
+        if self.mode == "sequential":
+            out = []
+            for k, batch in enumerate(batches):
+                self.device[k], metrics = self._step(self.device[k],
+                                                     shard_batch(batch, self.mesh), self.keys[k])
+                out.append(metrics)
+            return out
+        sharding = replicas_batch_sharded(self.mesh)
+        stacked = {name: jax.make_array_from_process_local_data(
+            sharding, np.stack([np.asarray(b[name]) for b in batches])) for name in batches[0]}
+        self.device, metrics = self._step(self.device, stacked, self.keys)
+        return metrics
+
+    def host_metrics(self, metrics) -> List[Dict[str, np.ndarray]]:
+        """The metrics `step` returned, on the host, one dict per replica."""
+        if self.mode == "single":
+            return [host_copy(metrics)]
+        if self.mode == "sequential":
+            return [host_copy(m) for m in metrics]
+        stacked = host_copy(metrics)
+        return [unstack_state(stacked, k) for k in range(self.n)]
+
+    def host_states(self) -> List[TrainState]:
+        """Each replica's state on the host (a checkpoint's content)."""
+        if self.mode == "vmap":
+            stacked = host_copy(self.device)
+            return [unstack_state(stacked, k) for k in range(self.n)]
+        return [host_copy(d) for d in self.device]
+
+    def end_of_epoch(self) -> None:
+        """Runs the objective's epoch hook on each replica's method state."""
+        if self.objective.end_of_epoch is None:
+            return
+        if self.mode != "vmap":
+            self.device = [_end_of_epoch(d, self.objective, self.mesh) for d in self.device]
+            return
+        states = [s.replace(method_state=self.objective.end_of_epoch(s.method_state))
+                  for s in self.host_states()]
+        self.device = replicate(stack_states(states), self.mesh)
+
+
+# ------------------------------------------------------------------------------------------------
 # Checkpoints
 # ------------------------------------------------------------------------------------------------
 
@@ -336,6 +548,16 @@ class Checkpointer:
     def latest_step(self) -> Optional[int]:
         return self.manager.latest_step()
 
+    def all_steps(self) -> List[int]:
+        return sorted(self.manager.all_steps())
+
+    def prune(self, keep: int) -> None:
+        """Deletes all but the newest `keep` checkpoints (a multi-seed run keeps one more than
+        train.keep_checkpoints while its replicas save, and prunes once all of them have saved, so
+        that a kill between two replicas' saves always leaves a step they all have)."""
+        for step in self.all_steps()[:-keep]:
+            self.manager.delete(step)
+
     def save(self, state: TrainState, *, force: bool = False):
         step = int(state.step)
         if self.manager.latest_step() == step:
@@ -368,17 +590,20 @@ class Checkpointer:
                 f"  step {s}: {type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:300]}"
                 for s, e in failed))
 
-    def _set_aside(self, steps) -> None:
-        """Moves unreadable step directories to <workdir>/checkpoints.damaged/ (process 0 only)."""
+    def _set_aside(self, steps, *, into: str = DAMAGED_CHECKPOINTS,
+                  why: str = "unreadable") -> None:
+        """Moves step directories to <workdir>/<into>/ (never deleted; process 0 only): unreadable
+        ones to checkpoints.damaged/, a multi-seed replica's steps beyond the other replicas' to
+        checkpoints.superseded/."""
         from advjax import distributed
         distributed.sync("advjax-restore-done")
         if jax.process_index() == 0:
-            damaged = os.path.join(os.path.dirname(self.directory), DAMAGED_CHECKPOINTS)
-            os.makedirs(damaged, exist_ok=True)
+            aside = os.path.join(os.path.dirname(self.directory), into)
+            os.makedirs(aside, exist_ok=True)
             for s in steps:
-                target = os.path.join(damaged, f"{s}-{time.strftime('%Y%m%d-%H%M%S')}")
+                target = os.path.join(aside, f"{s}-{time.strftime('%Y%m%d-%H%M%S')}")
                 os.replace(os.path.join(self.directory, str(s)), target)
-                print(f"advjax: warning: moved the unreadable checkpoint at step {s} to {target}",
+                print(f"advjax: warning: moved the {why} checkpoint at step {s} to {target}",
                       file=sys.stderr, flush=True)
         distributed.sync("advjax-set-aside-done")
         self.manager.reload()
@@ -556,17 +781,28 @@ def build(config, *, devices=None):
                 steps_per_epoch=steps_per_epoch)
 
 
+@dataclasses.dataclass
+class _Replica:
+    """One seed of a run: its seed, workdir, checkpoints, metrics writer and collapse guard."""
+    seed: int
+    workdir: str
+    ckpt: Checkpointer
+    writer: MetricsWriter
+    guard: CollapseGuard
+
+
 class _Run:
     """Bookkeeping of one training run between steps: the pending step's metrics (read one step
-    late, so that dispatch stays asynchronous), the guards, metrics rows and checkpoints."""
+    late, so that dispatch stays asynchronous), the guards, metrics rows and checkpoints, for each
+    of its replicas (one unless config.train.seeds > 1)."""
 
-    def __init__(self, config, b, workdir, ckpt, writer, start_step):
-        self.config, self.b, self.workdir, self.ckpt, self.writer = config, b, workdir, ckpt, writer
+    def __init__(self, config, b, workdir, replicas: List[_Replica], host_metrics):
+        self.config, self.b, self.workdir, self.replicas = config, b, workdir, replicas
+        self.host_metrics = host_metrics  # device metrics of a step -> one host dict per replica
         self.steps_per_epoch = b["steps_per_epoch"]
         self.total_steps = self.steps_per_epoch * config.train.epochs
         self.log_every = config.train.log_every
-        self.guard = CollapseGuard.from_config(config, b["info"]["num_classes"],
-                                               self.steps_per_epoch)
+        self.keep = config.train.keep_checkpoints
         self.pending = None
         self.progress: Optional[_Progress] = None
         self.t_window, self.imgs_window = time.perf_counter(), 0
@@ -578,57 +814,90 @@ class _Run:
         self.imgs_window += self.config.train.batch_size
 
     def flush(self) -> None:
-        """Reads the pending step's metrics: NaN guard, its metrics row if due, collapse guard."""
+        """Reads the pending step's metrics: NaN guard, its metrics row if due, collapse guard.
+
+        With several replicas, every healthy replica's row is written before a failure of another
+        one is raised; the error names each failed seed (all replicas stop: they are one run).
+        """
         if self.pending is None:
             return
         step, metrics = self.pending
         self.pending = None
-        m = host_copy(metrics)
-        if not m["finite"]:
-            raise FloatingPointError(
-                f"non-finite loss or gradient at step {step} (loss={m['loss']}); the state was not "
-                f"updated. {self._checkpoints_kept()}")
-        probed = "probe_acc" in m and step % self.log_every == 0
-        if step % self.log_every == 0 or step == self.total_steps:
-            self._write_row(step, m, probed)
-        if probed:
-            collapse = self.guard.observe(step, m["probe_acc"], m["probe_top_class"])
-            if collapse:
-                raise TrainingCollapsedError(
-                    f"training collapsed at step {step}: {collapse}. This run is not a result: "
-                    f"lower the learning rate, add warm-up (optim.warmup_epochs), or set "
-                    f"train.collapse_guard=False to train on. {self._checkpoints_kept()}")
+        due = step % self.log_every == 0 or step == self.total_steps
+        ips = self._images_per_sec() if due else 0.0
+        failures: List[Tuple[_Replica, type, str]] = []
+        for r, m in zip(self.replicas, self.host_metrics(metrics)):
+            if not m["finite"]:
+                failures.append((r, FloatingPointError, (
+                    f"non-finite loss or gradient at step {step} (loss={m['loss']}); the state was "
+                    f"not updated")))
+                continue
+            probed = "probe_acc" in m and step % self.log_every == 0
+            if due:
+                self._write_row(r, step, m, probed, ips)
+            if probed:
+                collapse = r.guard.observe(step, m["probe_acc"], m["probe_top_class"])
+                if collapse:
+                    failures.append((r, TrainingCollapsedError, (
+                        f"training collapsed at step {step}: {collapse}. This run is not a result: "
+                        f"lower the learning rate, add warm-up (optim.warmup_epochs), or set "
+                        f"train.collapse_guard=False to train on")))
+        if failures:
+            raise self._failure(failures)
+
+    def _failure(self, failures) -> Exception:
+        kinds = [kind for _, kind, _ in failures]
+        kind = FloatingPointError if FloatingPointError in kinds else TrainingCollapsedError
+        if len(self.replicas) == 1:
+            return kind(f"{failures[0][2]}. {self._checkpoints_kept()}")
+        named = "; ".join(f"seed {r.seed} ({r.workdir}): {text}" for r, _, text in failures)
+        return kind(f"{named}. All {len(self.replicas)} seeds of {self.workdir} stop (they run "
+                    f"as one); the others were healthy. {self._checkpoints_kept()}")
 
     def _checkpoints_kept(self) -> str:
-        return (f"Checkpoints kept in {self.ckpt.directory} (newest: step "
-                f"{self.ckpt.latest_step()}).")
+        if len(self.replicas) == 1:
+            ckpt = self.replicas[0].ckpt
+            return f"Checkpoints kept in {ckpt.directory} (newest: step {ckpt.latest_step()})."
+        return "Checkpoints kept in " + ", ".join(
+            f"{r.ckpt.directory} (newest: step {r.ckpt.latest_step()})" for r in self.replicas) + "."
 
-    def _write_row(self, step: int, m, probed: bool) -> None:
+    def _images_per_sec(self) -> float:
+        """Images per second of one replica since the last row (the process trains K times that)."""
         now = time.perf_counter()
         ips = self.imgs_window / max(now - self.t_window, 1e-9)
         self.t_window, self.imgs_window = now, 0
+        return ips
+
+    def _write_row(self, r: _Replica, step: int, m, probed: bool, ips: float) -> None:
         drop = {"finite"} if probed else {"finite", "probe_acc", "probe_top_class"}
         scalars = {k: float(v) for k, v in m.items() if k not in drop}
         scalars["lr"] = float(self.b["schedule"](step - 1))
         scalars["images_per_sec"] = ips
         scalars["epoch"] = (step - 1) // self.steps_per_epoch
-        self.writer.write(step, scalars)
-        if self.progress is not None:
-            self.progress.update(0, {"loss": f"{scalars['loss']:.3f}", "img/s": f"{ips:.0f}"})
+        r.writer.write(step, scalars)
+        if self.progress is not None and r is self.replicas[0]:
+            self.progress.update(0, {"loss": f"{scalars['loss']:.3f}",
+                                     "img/s": f"{ips * len(self.replicas):.0f}"})
 
-    def save(self, rstate) -> None:
-        """A checkpoint of rstate, after the metrics row of its step (so no row is ever missing)."""
+    def save(self, replicas: "_Replicas") -> None:
+        """A checkpoint of every replica, after the metrics rows of its step (so no row is ever
+        missing). Several replicas save one after the other, then prune to keep_checkpoints."""
         self.flush()
-        self.ckpt.save(host_copy(rstate))
+        for r, state in zip(self.replicas, replicas.host_states()):
+            r.ckpt.save(state)
+        if len(self.replicas) > 1:
+            for r in self.replicas:
+                r.ckpt.prune(self.keep)
 
 
-def _train_steps(config, b, rstate, run: _Run, stop: preemption.StopSignal, start_step: int):
-    """The epochs from start_step on; returns the final replicated state. Raises Preempted after a
-    signal (with a checkpoint at the step it stopped after)."""
-    spe, epochs, mesh = b["steps_per_epoch"], config.train.epochs, b["mesh"]
+def _train_steps(config, b, replicas: _Replicas, run: _Run, stop: preemption.StopSignal,
+                 start_step: int) -> None:
+    """The epochs from start_step on (the final states stay in `replicas`). Raises Preempted after
+    a signal (with a checkpoint at the step it stopped after). Replica k reads the batches of its
+    own seed (data order rng = its seed), as a single-seed run with that seed does."""
+    spe, epochs = b["steps_per_epoch"], config.train.epochs
     ckpt_every = config.train.checkpoint_every_steps
     local_bs = config.train.batch_size // jax.process_count()
-    p_step = compile_step(b["objective"], b["base_key"], mesh, probe_every=config.train.log_every)
     progress = run.progress = _Progress(run.total_steps, start_step,
                                         config.train.progress and jax.process_index() == 0,
                                         config.objective.name)
@@ -636,42 +905,53 @@ def _train_steps(config, b, rstate, run: _Run, stop: preemption.StopSignal, star
     step = start_step
     try:
         for epoch in range(start_step // spe, epochs):
-            batches = data_lib.batches(
-                train_x, train_y, local_bs, rng=config.seed, epoch=epoch, shuffle=True,
+            streams = [data_lib.batches(
+                train_x, train_y, local_bs, rng=r.seed, epoch=epoch, shuffle=True,
                 drop_remainder=True, augment=config.data.get("augment") or None,
                 num_shards=jax.process_count(), shard_index=jax.process_index(),
-                start_step=step - epoch * spe)
-            for batch in batches:
-                batch = shard_batch({"image": batch["image"], "label": batch["label"]}, mesh)
-                rstate, metrics = p_step(rstate, batch)
+                start_step=step - epoch * spe) for r in run.replicas]
+            for batches in zip(*streams):
+                metrics = replicas.step([{"image": batch["image"], "label": batch["label"]}
+                                         for batch in batches])
                 step += 1
                 run.after_step(step, metrics)
                 progress.update(1, {})
                 # The end-of-epoch save below covers the last step of an epoch (after the epoch hook).
                 if ckpt_every and step % ckpt_every == 0 and step % spe:
-                    run.save(rstate)
+                    run.save(replicas)
                 signal_name = stop.agreed()
                 if signal_name:
                     if step % spe == 0:
-                        rstate = _end_of_epoch(rstate, b["objective"], mesh)
-                    run.save(rstate)
+                        replicas.end_of_epoch()
+                    run.save(replicas)
                     raise preemption.Preempted(step, signal_name, run.workdir)
             run.flush()
-            rstate = _end_of_epoch(rstate, b["objective"], mesh)
-            run.save(rstate)
+            replicas.end_of_epoch()
+            run.save(replicas)
     finally:
         progress.close()
-    return rstate
 
 
-def _has_history(workdir: str) -> bool:
-    """True when the workdir holds a checkpoint or metrics rows (something a config change would
-    mix with another experiment)."""
+def _own_history(workdir: str) -> bool:
     ckdir = os.path.join(workdir, CHECKPOINTS)
     if os.path.isdir(ckdir) and any(d.isdigit() for d in os.listdir(ckdir)):
         return True
     metrics = os.path.join(workdir, workdir_lib.METRICS_FILE)
     return os.path.exists(metrics) and os.path.getsize(metrics) > 0
+
+
+def _seed_subdirs_with_history(workdir: str) -> List[str]:
+    """The seed<N>/ subdirectories of a multi-seed run's workdir that hold history."""
+    if not os.path.isdir(workdir):
+        return []
+    return sorted(d for d in os.listdir(workdir) if d.startswith("seed") and d[4:].isdigit()
+                  and _own_history(os.path.join(workdir, d)))
+
+
+def _has_history(workdir: str) -> bool:
+    """True when the workdir holds a checkpoint or metrics rows (something a config change would
+    mix with another experiment), itself or in the seed<N>/ workdirs of a multi-seed run."""
+    return _own_history(workdir) or bool(_seed_subdirs_with_history(workdir))
 
 
 def _all_processes(fn):
@@ -720,64 +1000,191 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     """Trains the configured objective, checkpointing to `workdir`, then evaluates the result.
 
     Restarting with the same config and workdir resumes from the latest checkpoint. Returns the final
-    evaluation (`RobustAccuracy.as_dict()`) plus "step" and "train_seconds".
+    evaluation (`RobustAccuracy.as_dict()`) plus "step" and "train_seconds"; with
+    config.train.seeds = K > 1, `seeds_summary` of the K replicas (see "Several seeds" in the module
+    docstring).
 
     Raises, before any compute: ConfigError (the config cannot run), workdir.WorkdirError (the
     workdir is a file, not writable, used by another run, or holds another experiment: its
-    config.json differs outside `workdir.RESUMABLE_KEYS`, unless allow_config_change). During
-    training: FloatingPointError, TrainingCollapsedError, preemption.Preempted (after SIGTERM /
-    SIGINT, with a checkpoint at the step it stopped after).
+    config.json differs outside `workdir.RESUMABLE_KEYS`, unless allow_config_change; for several
+    seeds, also replicas whose checkpoints cannot be brought to a common step). During training:
+    FloatingPointError, TrainingCollapsedError, preemption.Preempted (after SIGTERM / SIGINT, with a
+    checkpoint at the step it stopped after).
     """
     from advjax import distributed
     validate(config)
     distributed.maybe_initialize(config)
     is_lead = jax.process_index() == 0
-    _all_processes(lambda: workdir_lib.check_writable(workdir))
-    lock = workdir_lib.Lock(workdir)
-    _all_processes(lambda: lock.acquire() if is_lead else None)
+    replicas = seed_workdirs(config, workdir)
+    multi = len(replicas) > 1
+    dirs = [workdir] + [d for _, d in replicas if multi]
+    for d in dirs:
+        _all_processes(lambda: workdir_lib.check_writable(d))
+    locks = [workdir_lib.Lock(d) for d in dirs]
     try:
+        for lock in locks:
+            _all_processes(lambda: lock.acquire() if is_lead else None)
         changes = _all_processes(lambda: _check_stored_config(config, workdir, allow_config_change,
                                                               "train"))
-        return _train_and_evaluate(config, workdir, changes)
+        replica_changes = [
+            _all_processes(lambda: _check_stored_config(replica_config(config, seed), d,
+                                                        allow_config_change, "train"))
+            for seed, d in replicas] if multi else []
+        return _train_and_evaluate(config, workdir, changes, replica_changes)
     finally:
-        lock.release()
+        for lock in reversed(locks):
+            lock.release()
 
 
-def _train_and_evaluate(config, workdir: str, changes) -> Dict[str, Any]:
+def _restore_replicas(config, workdir, reps: List[Tuple[int, str, Checkpointer]],
+                      states: List[TrainState]) -> Tuple[List[TrainState], int]:
+    """(states, start step): each replica's state at the step the run resumes from.
+
+    One replica: its newest restorable checkpoint. Several: their common step, the smallest of their
+    newest restorable steps (a run killed between two replicas' saves leaves some replicas one
+    checkpoint ahead; `Checkpointer.prune` after the saves keeps the common step on disk). A
+    replica ahead resumes from its checkpoint at the common step (its initial state at step 0), and
+    its newer checkpoint is moved to checkpoints.superseded/ (its metrics rows after the common step
+    are cut, as on any resume). More than one checkpoint ahead cannot come from an interrupted save
+    (the replica went on alone, e.g. resumed with --allow_config_change): refused with the steps.
+    """
+    if len(reps) == 1:
+        _, wd, ckpt = reps[0]
+        state = states[0]
+        if ckpt.latest_step() is not None:
+            state = ckpt.restore(state, set_aside=True)
+            print(f"Resumed from checkpoint at step {int(state.step)} in {wd}", flush=True)
+        return [state], int(state.step)
+    restored = [ckpt.restore(state, set_aside=True) if ckpt.latest_step() is not None else state
+                for (_, _, ckpt), state in zip(reps, states)]
+    steps = [int(s.step) for s in restored]
+    common = min(steps)
+    ahead = [k for k, step in enumerate(steps) if step > common]
+    for k in ahead:
+        seed, wd, ckpt = reps[k]
+        newer = [s for s in ckpt.all_steps() if s > common]
+        has_common = common == 0 or common in ckpt.all_steps()
+        if len(newer) > 1 or not has_common:
+            where = ", ".join(f"seed {sd}: step {st}" for (sd, _, _), st in zip(reps, steps))
+            raise workdir_lib.WorkdirError(
+                f"the seeds of {workdir!r} stopped at different steps ({where}); a multi-seed run "
+                f"resumes every seed from their common step {common}, but seed {seed} has "
+                f"{'checkpoints ' + str(newer) if len(newer) > 1 else 'no checkpoint'} "
+                f"{'after' if len(newer) > 1 else 'at'} step {common} in {ckpt.directory}, which "
+                f"an interrupted save does not leave (was it trained on its own?). Move the "
+                f"checkpoints that should not count out of its checkpoints/ directory, or use a "
+                f"new --workdir")
+        try:
+            restored[k] = states[k] if common == 0 else ckpt.restore(states[k], step=common)
+        except CheckpointError as e:
+            raise workdir_lib.WorkdirError(
+                f"seed {seed}: its checkpoint at the seeds' common step {common} cannot be "
+                f"restored ({e}); move it and the newer ones out of {ckpt.directory}, or use a "
+                f"new --workdir") from None
+        ckpt._set_aside(newer, into=SUPERSEDED_CHECKPOINTS,
+                        why=f"seed {seed}'s (ahead of the other seeds' step {common})")
+    if common:
+        for seed, wd, _ in reps:
+            print(f"Resumed from checkpoint at step {common} in {wd}", flush=True)
+    return restored, common
+
+
+def _train_and_evaluate(config, workdir: str, changes, replica_changes=()) -> Dict[str, Any]:
     b = build(config)
     b["mesh"] = make_mesh(_mesh_devices(b["devices"]))
     is_lead = jax.process_index() == 0
-    init_key, b["base_key"] = jax.random.split(jax.random.PRNGKey(config.seed))
-    state = create_train_state(b["model"], b["objective"], b["tx"], init_key, b["info"]["shape"])
-    ckpt = Checkpointer(os.path.join(workdir, CHECKPOINTS),
-                        max_to_keep=config.train.keep_checkpoints)
-    writer = None
+    seeds = seed_workdirs(config, workdir)
+    multi = len(seeds) > 1
+    keep = config.train.keep_checkpoints
+    states, base_keys, ckpts, writers = [], [], [], []
     try:
-        if ckpt.latest_step() is not None:
-            state = ckpt.restore(state, set_aside=True)
-            print(f"Resumed from checkpoint at step {int(state.step)} in {workdir}", flush=True)
-        start_step = int(state.step)
+        for seed, wd in seeds:
+            init_key, base_key = jax.random.split(jax.random.PRNGKey(seed))
+            states.append(create_train_state(b["model"], b["objective"], b["tx"], init_key,
+                                             b["info"]["shape"]))
+            base_keys.append(base_key)
+            # Several seeds keep one more while they save one after the other (`Checkpointer.prune`).
+            ckpts.append(Checkpointer(os.path.join(wd, CHECKPOINTS),
+                                      max_to_keep=keep + 1 if multi else keep))
+        states, start_step = _restore_replicas(
+            config, workdir, [(seed, wd, ck) for (seed, wd), ck in zip(seeds, ckpts)], states)
         _record_config(config, workdir, changes, start_step)
+        for (seed, wd), seed_changes in zip(seeds, replica_changes):
+            _record_config(replica_config(config, seed), wd, seed_changes, start_step)
         if jax.process_count() > 1:
             print(f"process {jax.process_index()} of {jax.process_count()}: {len(b['devices'])} "
                   f"local devices, {config.train.batch_size // jax.process_count()} examples per "
                   f"step from data shard {jax.process_index()}, starting at step {start_step}",
                   flush=True)
-        writer = MetricsWriter(workdir, enabled=is_lead, resume_step=start_step)
-        run = _Run(config, b, workdir, ckpt, writer, start_step)
+        for _, wd in seeds:
+            writers.append(MetricsWriter(wd, enabled=is_lead, resume_step=start_step))
+        replicas = _Replicas(states, base_keys, b, resolve_seeds_mode(config, b["devices"]),
+                             probe_every=config.train.log_every)
+        guards = [CollapseGuard.from_config(config, b["info"]["num_classes"], b["steps_per_epoch"])
+                  for _ in seeds]
+        run = _Run(config, b, workdir, [_Replica(seed, wd, ck, w, g) for (seed, wd), ck, w, g
+                                        in zip(seeds, ckpts, writers, guards)],
+                   replicas.host_metrics)
         t_start = time.perf_counter()
         with preemption.StopSignal() as stop:
-            rstate = _train_steps(config, b, replicate(state, b["mesh"]), run, stop, start_step)
+            _train_steps(config, b, replicas, run, stop, start_step)
         train_seconds = time.perf_counter() - t_start
-        state = host_copy(rstate)
-        ckpt.save(state)
+        states = replicas.host_states()
+        for ckpt, state in zip(ckpts, states):
+            ckpt.save(state)
+        if multi:
+            for ckpt in ckpts:
+                ckpt.prune(keep)
     finally:
-        ckpt.close()
-        if writer is not None:
+        for ckpt in ckpts:
+            ckpt.close()
+        for writer in writers:
             writer.close()
-    result = evaluate_state(config, state, b["eval_model"], workdir, write=is_lead)
-    result["train_seconds"] = train_seconds
-    return result
+    if not multi:
+        result = evaluate_state(config, states[0], b["eval_model"], workdir, write=is_lead)
+        result["train_seconds"] = train_seconds
+        return result
+    results = [evaluate_state(replica_config(config, seed), state, b["eval_model"], wd,
+                              write=is_lead) for (seed, wd), state in zip(seeds, states)]
+    return seeds_summary(config, workdir, results, train_seconds=train_seconds, write=is_lead)
+
+
+SEEDS_SUMMARY = "eval_seeds"
+#: Accuracy columns of an evaluation averaged over seeds, besides attack/<label> and
+#: targeted/<label> (targeted success rates): clean, the per-example worst case, AutoAttack's.
+SEEDS_SUMMARY_COLUMNS = ("clean", "a_rob", "autoattack/clean", "autoattack")
+
+
+def seeds_summary(config, workdir: str, results: List[Dict[str, Any]], *,
+                  train_seconds: float, write: bool = True) -> Dict[str, Any]:
+    """The evaluations of a multi-seed run's replicas side by side: per seed, and the mean and the
+    sample standard deviation (ddof = 1) over seeds of every accuracy column. Written to
+    WORKDIR/eval_seeds.json / .md (each seed's own eval.json / .md are in WORKDIR/seed<N>/)."""
+    seeds = [s for s, _ in seed_workdirs(config, workdir)]
+    columns = [k for k in results[0] if k in SEEDS_SUMMARY_COLUMNS
+               or k.startswith(("attack/", "targeted/"))]
+    values = {c: np.array([r[c] for r in results], dtype=np.float64) for c in columns}
+    mean = {c: float(v.mean()) for c, v in values.items()}
+    std = {c: float(v.std(ddof=1)) if len(v) > 1 else 0.0 for c, v in values.items()}
+    per_seed = {str(s): {k: v for k, v in r.items() if k != "table"} for s, r in zip(seeds, results)}
+    out = {"seeds": seeds, "n": results[0]["n"], "step": results[0]["step"],
+           "workdirs": [d for _, d in seed_workdirs(config, workdir)],
+           "mean": mean, "std": std, "per_seed": per_seed, "train_seconds": train_seconds}
+    head = ["seed"] + [c[len("attack/"):] if c.startswith("attack/") else c for c in columns]
+    lines = [f"### {config.objective.name} on {config.data.name} ({config.model.name}), "
+             f"step {out['step']}, {out['n']} test examples, seeds {seeds[0]}-{seeds[-1]}", "",
+             "| " + " | ".join(head) + " |", "|---" + "|---:" * len(columns) + "|"]
+    lines += ["| " + " | ".join([str(s)] + [f"{100 * r[c]:.2f}" for c in columns]) + " |"
+              for s, r in zip(seeds, results)]
+    lines.append("| mean +- std | " + " | ".join(
+        f"{100 * mean[c]:.2f} +- {100 * std[c]:.2f}" for c in columns) + " |")
+    table = "\n".join(lines) + "\n"
+    if write and jax.process_index() == 0:
+        workdir_lib.atomic_write(os.path.join(workdir, SEEDS_SUMMARY + ".json"),
+                                 json.dumps(out, indent=2))
+        workdir_lib.atomic_write(os.path.join(workdir, SEEDS_SUMMARY + ".md"), table)
+    out["table"] = table
+    return out
 
 
 def restore_state(config, workdir: str, *, allow_config_change: bool = False):
@@ -791,6 +1198,11 @@ def restore_state(config, workdir: str, *, allow_config_change: bool = False):
                                b["info"]["shape"])
     ckdir = os.path.join(workdir, CHECKPOINTS)
     if not os.path.isdir(ckdir):
+        seed_dirs = _seed_subdirs_with_history(workdir)
+        if seed_dirs:
+            raise FileNotFoundError(
+                f"{workdir} is the workdir of a multi-seed run (train.seeds); its checkpoints are "
+                f"in each seed's workdir: {', '.join(os.path.join(workdir, d) for d in seed_dirs)}")
         raise FileNotFoundError(f"no checkpoint in {ckdir}; "
                                 f"train first: advjax train --config ... --workdir {workdir}")
     ckpt = Checkpointer(ckdir)

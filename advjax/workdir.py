@@ -34,10 +34,12 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 #: Keys that may differ from the stored config when a run resumes: they change how the run is
 #: watched, saved, placed or evaluated, not what it computes. `train.epochs` extends (or shortens) a
 #: run; the device count and the process topology are free because every device count follows the
-#: same trajectory (advjax.train, item 9 of issue 13). A prefix ending in "." covers a section.
+#: same trajectory (advjax.train, item 9 of issue 13); so does train.seeds_mode (how the replicas
+#: of a multi-seed run are stepped; train.seeds itself may not change). A prefix ending in "."
+#: covers a section.
 RESUMABLE_KEYS = ("eval.", "distributed.", "data.data_dir", "train.epochs", "train.progress",
                   "train.log_every", "train.checkpoint_every_steps", "train.keep_checkpoints",
-                  "train.num_devices", "train.collapse_")
+                  "train.num_devices", "train.seeds_mode", "train.collapse_")
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"

@@ -12,6 +12,13 @@ attack specs. For every method the driver
 3. writes `results.json` after every method, so a study interrupted half way keeps what it finished
    and a rerun skips every method whose config and evaluation are unchanged.
 
+Several seeds: a `Method` with `seeds=K` (or `run(..., seeds=K)` for every method, e.g. from the
+`--seeds` flag that `argument_parser(..., seeds=1)` adds) trains seeds config.seed ... config.seed +
+K - 1 in one process (`config.train.seeds = K`, `advjax.train`), in `<workdir_root>/<label>/seed<N>`.
+Each seed is evaluated on its own and recorded as the row `"<label> seed<N>"` (per-example keys
+`"<label> seed<N>|<attack>"`, for paired tests); the row `<label>` then holds the mean over seeds of
+each accuracy, its sample standard deviation as `"std/<column>"`, and the list of `seeds`.
+
 Every study runs XLA:CPU on one thread by default (`--threads 1`; 0 = XLA's default) so that two
 studies can share this 2-core machine (a single-process run loses little by it, by a scratch timing
 not kept in the repo, so no figure is given).
@@ -53,6 +60,12 @@ class Method:
     label: str
     config: str
     overrides: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    seeds: int = 1  # > 1: seeds config.seed ... + seeds - 1, trained in one process (train.seeds)
+
+
+def seed_label(label: str, seed: int) -> str:
+    """The results row of one seed of a multi-seed method."""
+    return f"{label} seed{seed}"
 
 
 def load_config(name: str, overrides: Optional[Dict[str, Any]] = None):
@@ -70,9 +83,11 @@ def load_config(name: str, overrides: Optional[Dict[str, Any]] = None):
     return config
 
 
-def argument_parser(study: str, *, train_limit: int, epochs: int, n: int):
+def argument_parser(study: str, *, train_limit: int, epochs: int, n: int,
+                    seeds: Optional[int] = None):
     """The flags every study script shares: training subset and epochs, test images, threads,
-    workdir (default workdirs/<study>)."""
+    workdir (default workdirs/<study>); with `seeds` (its default), also --seeds, which a script
+    passes on as `run(..., seeds=args.seeds)`."""
     import argparse
     p = argparse.ArgumentParser(description=f"experiments/{study}")
     p.add_argument("--train-limit", type=int, default=train_limit,
@@ -82,6 +97,9 @@ def argument_parser(study: str, *, train_limit: int, epochs: int, n: int):
     p.add_argument("--threads", type=int, default=1, choices=(0, 1),
                    help="1: XLA:CPU on one thread; 0: XLA's default")
     p.add_argument("--workdir", default=os.path.join(ROOT, "workdirs", study))
+    if seeds is not None:
+        p.add_argument("--seeds", type=int, default=seeds,
+                       help="train every method with seeds 0..K-1 in one process (train.seeds)")
     return p
 
 
@@ -115,8 +133,9 @@ def save_results(path: str, results: Dict[str, Any]) -> None:
 def train(method: Method, common: Dict[str, Any], workdir_root: str):
     """Trains `method` (resuming if possible); returns (config, workdir, info)."""
     from advjax import train as train_lib
+    seeds = {"train.seeds": method.seeds} if method.seeds > 1 else {}
     config = load_config(method.config, {**common, **method.overrides, "eval.attacks": [],
-                                          "train.progress": False})
+                                          "train.progress": False, **seeds})
     workdir = os.path.join(workdir_root, method.label)
     digest = _digest(config.to_dict())
     stamp = os.path.join(workdir, "study_config_digest")
@@ -132,7 +151,8 @@ def train(method: Method, common: Dict[str, Any], workdir_root: str):
     t0 = time.time()
     res = train_lib.train_and_evaluate(config, workdir)
     last = {}
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    first_seed_workdir = train_lib.seed_workdirs(config, workdir)[0][1]
+    with open(os.path.join(first_seed_workdir, "metrics.jsonl")) as f:
         for line in f:
             last = json.loads(line)
     info = {"train_seconds": res["train_seconds"], "train_wall_seconds": time.time() - t0,
@@ -174,8 +194,10 @@ def evaluate(config, workdir: str, attacks: List[Dict[str, Any]], *, n: int, a_r
 def run(study_dir: str, methods: Sequence[Method], *, common: Dict[str, Any],
         attacks: List[Dict[str, Any]], n: int, a_rob_over=(), workdir_root: str,
         only: Optional[Sequence[str]] = None, results_file: str = "results.json",
-        per_example_file: str = "per_example.npz") -> Dict[str, Any]:
-    """Trains and evaluates each method; results_file and per_example_file in study_dir."""
+        per_example_file: str = "per_example.npz", seeds: Optional[int] = None) -> Dict[str, Any]:
+    """Trains and evaluates each method; results_file and per_example_file in study_dir.
+
+    seeds: when given, every method trains that many seeds (replacing `Method.seeds`)."""
     import numpy as np
     path = os.path.join(study_dir, results_file)
     results = load_results(path)
@@ -184,6 +206,12 @@ def run(study_dir: str, methods: Sequence[Method], *, common: Dict[str, Any],
     eval_digest = _digest([attacks, n, list(a_rob_over)])
     for m in methods:
         if only and m.label not in only:
+            continue
+        if seeds is not None:
+            m = dataclasses.replace(m, seeds=seeds)
+        if m.seeds > 1:
+            _run_seeds(m, common, workdir_root, attacks, n, a_rob_over, eval_digest, results,
+                       per_example, path, per_example_path)
             continue
         config, workdir, info = train(m, common, workdir_root)
         prev = results.get(m.label, {})
@@ -203,6 +231,48 @@ def run(study_dir: str, methods: Sequence[Method], *, common: Dict[str, Any],
                                           if isinstance(v, float) and k != "eval_seconds"),
               flush=True)
     return results
+
+
+def _run_seeds(m: Method, common, workdir_root, attacks, n, a_rob_over, eval_digest, results,
+               per_example, path, per_example_path) -> None:
+    """`run` for a method with several seeds: one training process, one evaluation per seed."""
+    import numpy as np
+
+    from advjax import train as train_lib
+    config, workdir, info = train(m, common, workdir_root)
+    replicas = train_lib.seed_workdirs(config, workdir)
+    labels = [seed_label(m.label, seed) for seed, _ in replicas]
+    for (seed, seed_workdir), label in zip(replicas, labels):
+        prev = results.get(label, {})
+        if prev.get("config_digest") == info["config_digest"] and \
+                prev.get("eval_digest") == eval_digest:
+            print(f"[{label}] unchanged, kept", flush=True)
+            continue
+        print(f"[{label}] evaluating", flush=True)
+        ev, correct = evaluate(train_lib.replica_config(config, seed), seed_workdir, attacks, n=n,
+                               a_rob_over=a_rob_over)
+        results[label] = {"config": m.config, "overrides": m.overrides, "seed": seed,
+                          "group": m.label, **info, **ev, "eval_digest": eval_digest}
+        for k, v in correct.items():
+            per_example[f"{label}|{k}"] = v
+        save_results(path, results)
+        np.savez_compressed(per_example_path, **per_example)
+        print(f"[{label}] " + ", ".join(f"{k}={100 * v:.2f}" for k, v in ev.items()
+                                        if isinstance(v, float) and k != "eval_seconds"),
+              flush=True)
+    rows = [results[label] for label in labels]
+    columns = [k for k in rows[0] if k in ("clean", "a_rob") or k.startswith("attack/")]
+    summary = {"config": m.config, "overrides": m.overrides, "seeds": [s for s, _ in replicas],
+               "labels": labels, **info, "eval_digest": eval_digest}
+    for c in columns:
+        values = np.array([r[c] for r in rows], dtype=np.float64)
+        summary[c] = float(values.mean())
+        summary[f"std/{c}"] = float(values.std(ddof=1))
+    results[m.label] = summary
+    save_results(path, results)
+    print(f"[{m.label}] mean over seeds {summary['seeds']}: " + ", ".join(
+        f"{c}={100 * summary[c]:.2f}+-{100 * summary['std/' + c]:.2f}" for c in columns),
+        flush=True)
 
 
 def markdown_table(results: Dict[str, Any], labels: Sequence[str], columns: Sequence[str], *,
