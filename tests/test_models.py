@@ -352,8 +352,9 @@ def test_fast_implementations_do_not_change_the_model():
 # ------------------------------------------------------------------------------------------------
 
 def test_registry_names_and_num_classes_field():
-    assert set(models.MODELS) == {"mlp", "cnn4c3f", "madry_cnn", "daa_cnn", "daa_release_cnn", "ro_cnn",
-                                  "dra_cnn", "resnet20", "preact_resnet18", "wrn", "ensemble"}
+    assert set(models.MODELS) == {"mlp", "cnn4c3f", "madry_cnn", "daa_cnn", "daa_release_cnn",
+                                  "ro_cnn", "dra_cnn", "resnet20", "preact_resnet18", "wrn",
+                                  "ensemble"}
     for name in models.MODELS:
         fields = models.model_fields(name)
         assert "num_classes" in fields and "parent" not in fields and "name" not in fields
