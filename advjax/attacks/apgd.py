@@ -46,7 +46,26 @@ attacks the examples no earlier run has fooled; on CPU those are gathered into c
 the same result as whole-batch runs. l1 is not supported (APGD-l1 is a different algorithm, Croce &
 Hein 2021).
 
-`eps` may be traced; `steps`, `restarts`, `norm`, `loss`, `num_target_classes` and `bounds` are static.
+Randomized models: Expectation over Transformation (EoT; Athalye et al., ICML 2018), AutoAttack's
+version "rand" (Croce & Hein 2020, Sec. 5: APGD-CE and APGD-DLR with 20 EoT iterations). With
+`randomized=True`, `logits_fn` is called as logits_fn(x, key), each call one draw of the model's
+randomness, and every iteration j replaces the gradient of Algorithm 1 by its EoT estimate
+
+    g^(j) = 1/E sum_{d < E} grad_x L(f(x^(j); key_{j,d}), y),   key_{j,d} = fold_in(fold_in(k_run, j), d)
+
+with E = `eot_iter` (k_run: the run's model key, independent of its start key); the reference code
+(`APGDAttack.attack_single_run`) sums E backward passes and divides by E the same way. The loss
+that Algorithm 1's bookkeeping uses (best point, increase count, Conditions 1 and 2) is the mean of
+the E per-draw losses at x^(j); the reference code uses the last draw's loss there, a noisier
+estimate of the same expectation (a documented departure). Success (the first-success point) is
+judged, as in the reference code, by the last draw's prediction. The draws run one after another
+(a `fori_loop`: memory of one forward/backward pass, like the reference). A randomized model is
+attacked on the whole batch (no active-set chunks): its noise is drawn per call, for the batch it
+is given, so a chunk would see other draws than the whole batch; the results would be valid but
+not the whole-batch run's.
+
+`eps` may be traced; `steps`, `restarts`, `norm`, `loss`, `num_target_classes`, `bounds`,
+`eot_iter` and `randomized` are static.
 """
 
 from __future__ import annotations
@@ -64,6 +83,8 @@ from advjax.attacks import targets as targets_lib
 from advjax.threat import DEFAULT_BOUNDS, Bounds, Scalar
 
 LogitsFn = Callable[[jax.Array], jax.Array]
+# A randomized model: logits_fn(x, key), one draw of its randomness per key.
+RandomizedLogitsFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 RHO = 0.75
 MOMENTUM = 0.75
@@ -116,8 +137,37 @@ def _start(t, x, eps, norm, bounds=DEFAULT_BOUNDS):
                               *bounds)
 
 
+def eot_value_and_grad(logits_fn: RandomizedLogitsFn, loss_fn: Callable, x: jax.Array,
+                       y: jax.Array, key: jax.Array, eot_iter: int) -> tuple:
+    """EoT estimate at x of a randomized model: (mean per-example loss, last draw's logits, mean
+    input gradient of the summed loss) over draws d = 0..eot_iter-1 with keys fold_in(key, d).
+
+        L_bar = 1/E sum_d L(f(x; k_d), y),   g = 1/E sum_d grad_x sum_i L(f(x_i; k_d), y_i)
+
+    (Athalye et al. 2018, Eq. 3's gradient of the expectation, estimated with E samples; AutoAttack's
+    `eot_iter`). The draws run sequentially in a `fori_loop`.
+    """
+    def total(xa, k):
+        logits = logits_fn(xa, k)
+        val = loss_fn(logits, y)
+        return jnp.sum(val), (val, logits)
+
+    vg = jax.value_and_grad(total, has_aux=True)
+    out = jax.eval_shape(lambda xa: total(xa, key)[1], x)
+
+    def draw(d, acc):
+        g_sum, f_sum, _ = acc
+        (_, (val, logits)), g = vg(x, jax.random.fold_in(key, d))
+        return g_sum + g, f_sum + val, logits
+
+    init = (jnp.zeros_like(x), jnp.zeros(out[0].shape, out[0].dtype),
+            jnp.zeros(out[1].shape, out[1].dtype))
+    g_sum, f_sum, logits = jax.lax.fori_loop(0, eot_iter, draw, init)
+    return f_sum / eot_iter, logits, (g_sum / eot_iter).astype(x.dtype)
+
+
 def _apgd_run(logits_fn, x, y, loss_fn, t, *, eps, steps: int, norm: str,
-              bounds=DEFAULT_BOUNDS, target=None):
+              bounds=DEFAULT_BOUNDS, target=None, model_key=None, eot_iter: int = 1):
     """One APGD run from the start direction t; returns (x_out, best loss, success) per example.
     Success is misclassification, or predicting `target` when it is given (a targeted run).
 
@@ -127,6 +177,9 @@ def _apgd_run(logits_fn, x, y, loss_fn, t, *, eps, steps: int, norm: str,
     next candidate x^(j+1) (unused after j = steps). The candidate is a loop-carried array, so XLA
     evaluates the model on a materialized input rather than fusing the projection and momentum
     arithmetic into the model's first layer (which it would recompute for every use).
+
+    With `model_key` (a randomized logits_fn(x, key)), the loss, prediction and gradient at x^(j)
+    are `eot_value_and_grad` over `eot_iter` draws keyed fold_in(fold_in(model_key, j), d).
     """
     dtype = x.dtype
     b = x.shape[0]
@@ -139,11 +192,18 @@ def _apgd_run(logits_fn, x, y, loss_fn, t, *, eps, steps: int, norm: str,
 
     vg = jax.value_and_grad(total, has_aux=True)
 
+    def loss_and_grad(x_j, j):
+        if model_key is None:
+            (_, (f_new, logits)), g_new = vg(x_j)
+            return f_new, logits, g_new
+        return eot_value_and_grad(logits_fn, loss_fn, x_j, y, jax.random.fold_in(model_key, j),
+                                  eot_iter)
+
     def proj(xa):
         return threat.project_to_threat(xa, x, eps, norm, bounds)
 
     x0 = _start(t, x, eps, norm, bounds)
-    fdt = _loss_dtype(logits_fn, loss_fn, x, y)
+    fdt = _loss_dtype(logits_fn, loss_fn, x, y, model_key)
     is_check, window = checkpoint_schedule(steps)
     # Indexed by j: the checkpoint evaluated once x^(j) is known (after step j - 1 of the schedule).
     check_at = jnp.asarray(np.concatenate([[False], is_check]))
@@ -161,7 +221,7 @@ def _apgd_run(logits_fn, x, y, loss_fn, t, *, eps, steps: int, norm: str,
     def body(j, s):
         first = j == 0
         x_j = s["x"]
-        (_, (f_new, logits)), g_new = vg(x_j)
+        f_new, logits, g_new = loss_and_grad(x_j, j)
         pred = jnp.argmax(logits, -1)
         succ = (pred != y) if target is None else (pred == target)
 
@@ -202,8 +262,11 @@ def _apgd_run(logits_fn, x, y, loss_fn, t, *, eps, steps: int, norm: str,
     return x_out, s["f_max"], s["found"]
 
 
-def _loss_dtype(logits_fn, loss_fn, x, y):
-    """The dtype of the per-example loss (e.g. float32 logits of a bfloat16 input)."""
+def _loss_dtype(logits_fn, loss_fn, x, y, model_key=None):
+    """The dtype of the per-example loss (e.g. float32 logits of a bfloat16 input); a randomized
+    logits_fn (model_key given) is traced with that key."""
+    if model_key is not None:
+        return jax.eval_shape(lambda xa: loss_fn(logits_fn(xa, model_key), y), x).dtype
     return jax.eval_shape(lambda xa: loss_fn(logits_fn(xa), y), x).dtype
 
 
@@ -234,7 +297,7 @@ def _chunk_size(n: int, norm: str) -> int:
 
 
 def _runs(logits_fn, x, y, keys, run_spec, *, eps, steps: int, norm: str,
-          bounds=DEFAULT_BOUNDS):
+          bounds=DEFAULT_BOUNDS, model_keys=None, eot_iter: int = 1):
     """len(keys) APGD runs (run r from the start drawn with keys[r]; on the examples idx its loss and
     target are `run_spec(r, idx)` = (loss_fn, target or None)); per example, the first success, else
     the highest loss.
@@ -245,10 +308,14 @@ def _runs(logits_fn, x, y, keys, run_spec, *, eps, steps: int, norm: str,
     gives the same result). Start directions are drawn for the whole batch and gathered, so every
     example follows exactly the iterates of a whole-batch run (the attack is per example: the
     logits of an example must not depend on the rest of the batch).
+
+    model_keys: for a randomized logits_fn(x, key), run r's model key (see `_apgd_run`); such a
+    model is always attacked on the whole batch (a chunk would see other draws of its noise).
     """
     n = x.shape[0]
-    chunk = _chunk_size(n, norm)
-    fdt = _loss_dtype(logits_fn, run_spec(0, jnp.arange(n))[0], x, y)
+    chunk = n if model_keys is not None else _chunk_size(n, norm)
+    fdt = _loss_dtype(logits_fn, run_spec(0, jnp.arange(n))[0], x, y,
+                      None if model_keys is None else model_keys[0])
     best = (x, jnp.full((n,), -jnp.inf, fdt), jnp.zeros((n,), bool))
 
     def attack(r, idx, t, best_idx):
@@ -261,8 +328,9 @@ def _runs(logits_fn, x, y, keys, run_spec, *, eps, steps: int, norm: str,
         t = _start_direction(keys[r], x, norm)
         if chunk == n:
             loss_fn, target = run_spec(r, jnp.arange(n))
+            eot = {} if model_keys is None else dict(model_key=model_keys[r], eot_iter=eot_iter)
             return _keep(best, _apgd_run(logits_fn, x, y, loss_fn, t, eps=eps, steps=steps,
-                                         norm=norm, bounds=bounds, target=target))
+                                         norm=norm, bounds=bounds, target=target, **eot))
         order = jnp.argsort(best[2], stable=True)  # not fooled yet (False) first
         n_chunks = (n - jnp.sum(best[2]) + chunk - 1) // chunk
 
@@ -282,23 +350,53 @@ def _check(logits_fn, x, y, key, eps, steps, restarts, norm, bounds=DEFAULT_BOUN
     if norm not in ("linf", "l2"):
         raise ValueError(f"norm must be 'linf' or 'l2' for APGD, got {norm!r}")
     v.check_nonnegative(eps, "eps")
+    v.check_key(key, True, "APGD starts at a random point")
     num_classes = v.check_batch(logits_fn, x, y, bounds=bounds)
     v.check_positive_int(steps, "steps")
     v.check_positive_int(restarts, "restarts")
-    v.check_key(key, True, "APGD starts at a random point")
     return num_classes
 
 
-def apgd(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: jax.Array, eps: Scalar,
-         steps: int = 100, norm: str = "linf", loss: Union[str, Callable] = "ce",
-         restarts: int = 1, bounds: Bounds = DEFAULT_BOUNDS) -> jax.Array:
+def _check_eot(eot_iter, randomized) -> None:
+    """eot_iter: an int >= 1; randomized: a bool; eot_iter > 1 only for a randomized model (the
+    draws of a deterministic logits_fn(x) would all be the same)."""
+    v.check_positive_int(eot_iter, "eot_iter")
+    if not isinstance(randomized, (bool, np.bool_)):
+        raise ValueError(f"randomized must be a bool, got {randomized!r}")
+    if eot_iter > 1 and not randomized:
+        raise ValueError(f"eot_iter={eot_iter} needs randomized=True (a logits_fn(x, key) with "
+                         f"randomness to average over); a deterministic logits_fn(x) gives the "
+                         f"same gradient at every draw")
+
+
+def apgd(logits_fn: Union[LogitsFn, RandomizedLogitsFn], x: jax.Array, y: jax.Array, *,
+         key: jax.Array, eps: Scalar, steps: int = 100, norm: str = "linf",
+         loss: Union[str, Callable] = "ce", restarts: int = 1, bounds: Bounds = DEFAULT_BOUNDS,
+         eot_iter: int = 1, randomized: bool = False) -> jax.Array:
     """Untargeted APGD (Croce & Hein 2020, Alg. 1) with `loss` "ce" (APGD-CE) or "dlr" (APGD-DLR).
 
     `restarts` runs from independent random starts keep each example's first success, else its
     highest loss. steps = 100 is AutoAttack's. `bounds` = (lo, hi): the valid-input box. See the
     module docstring for the exact schedule.
+
+    randomized: logits_fn is a randomized model called as logits_fn(x, key) (one draw per key);
+      every iteration's gradient and loss are EoT means over `eot_iter` draws (module docstring;
+      AutoAttack's version "rand" uses eot_iter = 20, restarts = 1). The key is split into the
+      start key (the restarts' start directions) and the model key (the draws), so for a model
+      that ignores its key the draws change nothing but the start point. eot_iter > 1 needs
+      randomized=True; eot_iter=1, randomized=False is plain APGD.
     """
     bounds = threat.check_bounds(bounds)
+    _check_eot(eot_iter, randomized)
+    if randomized:
+        v.check_key(key, True, "APGD starts at a random point")
+        start_key, model_key = jax.random.split(key)
+        _check(lambda xa: logits_fn(xa, model_key), x, y, key, eps, steps, restarts, norm, bounds)
+        loss_fn = losses_lib.get_loss(loss)
+        return _runs(logits_fn, x, y, jax.random.split(start_key, restarts),
+                     lambda r, idx: (loss_fn, None), eps=eps, steps=steps, norm=norm,
+                     bounds=bounds, model_keys=jax.random.split(model_key, restarts),
+                     eot_iter=eot_iter)[0]
     _check(logits_fn, x, y, key, eps, steps, restarts, norm, bounds)
     loss_fn = losses_lib.get_loss(loss)
     keys = jax.random.split(key, restarts)
@@ -306,12 +404,13 @@ def apgd(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: jax.Array, eps
                  norm=norm, bounds=bounds)[0]
 
 
-def apgd_ce(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: jax.Array, eps: Scalar,
-            steps: int = 100, norm: str = "linf", restarts: int = 1,
-            bounds: Bounds = DEFAULT_BOUNDS) -> jax.Array:
-    """APGD-CE of AutoAttack: `apgd` with the cross-entropy loss."""
+def apgd_ce(logits_fn: Union[LogitsFn, RandomizedLogitsFn], x: jax.Array, y: jax.Array, *,
+            key: jax.Array, eps: Scalar, steps: int = 100, norm: str = "linf", restarts: int = 1,
+            bounds: Bounds = DEFAULT_BOUNDS, eot_iter: int = 1,
+            randomized: bool = False) -> jax.Array:
+    """APGD-CE of AutoAttack: `apgd` with the cross-entropy loss (EoT as in `apgd`)."""
     return apgd(logits_fn, x, y, key=key, eps=eps, steps=steps, norm=norm, loss="ce",
-                restarts=restarts, bounds=bounds)
+                restarts=restarts, bounds=bounds, eot_iter=eot_iter, randomized=randomized)
 
 
 def apgd_t(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: jax.Array, eps: Scalar,
