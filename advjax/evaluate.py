@@ -17,7 +17,8 @@ though the attacks themselves run traced; so is what comes back (`check_clean_lo
 or outside its eps-ball, is an error rather than a count.
 
 `autoattack` runs AutoAttack (Croce & Hein, ICML 2020): its cascade of APGD-CE, APGD-T, FAB-T and
-Square, each on the examples still robust, with AutoAttack's sanity checks.
+Square, each on the examples still robust, with AutoAttack's sanity checks; its version "rand" runs
+APGD-CE and APGD-DLR with EoT on a randomized logits_fn(x, key).
 """
 
 from __future__ import annotations
@@ -845,7 +846,8 @@ _NON_APGD_STAGES = ("fab", "fab-t", "square")
 
 def autoattack_stages(norm: str, eps: float, version: str = "standard", *, num_classes: int = 10,
                       steps: int = 100, n_queries: int = 5000, num_target_classes: int = 9,
-                      bounds: threat.Bounds = threat.DEFAULT_BOUNDS) -> List[Tuple[str, AttackFn]]:
+                      bounds: threat.Bounds = threat.DEFAULT_BOUNDS,
+                      eot_iter: int = 20) -> List[Tuple[str, AttackFn]]:
     """The attacks of an AutoAttack version, in cascade order, as (label, attack) pairs.
 
     With the hyperparameters of the reference implementation (`pyautoattack`, AutoAttack's
@@ -854,7 +856,9 @@ def autoattack_stages(norm: str, eps: float, version: str = "standard", *, num_c
                 1 run each), square (5000 queries, p_init 0.8, the schedule not rescaled, 1 run);
       plus:     apgd-ce (5 restarts), apgd-dlr (5 restarts), fab (untargeted, 5 restarts),
                 square (5000 queries), apgd-t (9 targets), fab-t (9 targets);
-      rand:     apgd-ce and apgd-dlr with EoT over 20 draws (for randomized defences).
+      rand:     apgd-ce and apgd-dlr (1 run each), every gradient an EoT mean over `eot_iter` = 20
+                draws of a randomized logits_fn(x, key) (`attacks.apgd(randomized=True)`); no
+                FAB, no Square (the reference's `_set_version("rand")`).
     APGD and FAB run 100 iterations (`steps`); Square uses its "autoattack" variant (the
     reference's batch-shared windows). The target count is min(num_target_classes, classes - 1).
     Every stage works in the box `bounds` = (lo, hi).
@@ -863,13 +867,14 @@ def autoattack_stages(norm: str, eps: float, version: str = "standard", *, num_c
         raise ValueError(f"norm must be 'linf' or 'l2' for AutoAttack, got {norm!r}")
     if version not in AUTOATTACK_VERSIONS:
         raise ValueError(f"version must be one of {AUTOATTACK_VERSIONS}, got {version!r}")
-    if version == "rand":
-        raise NotImplementedError(
-            'version="rand" needs APGD with EoT over a randomized logits_fn (gradients averaged '
-            "over 20 draws), which advjax.attacks.apgd does not have yet")
     targets = max(1, min(num_target_classes, num_classes - 1))
     bounds = threat.check_bounds(bounds)
     p = functools.partial
+    if version == "rand":
+        _validation.check_positive_int(eot_iter, "eot_iter")
+        eot = lambda loss: p(attacks_lib.apgd, eps=eps, norm=norm, steps=steps, loss=loss,
+                             restarts=1, bounds=bounds, eot_iter=eot_iter, randomized=True)
+        return [("apgd-ce", eot("ce")), ("apgd-dlr", eot("dlr"))]
     apgd_ce = lambda restarts: p(attacks_lib.apgd, eps=eps, norm=norm, steps=steps, loss="ce",
                                  restarts=restarts, bounds=bounds)
     apgd_dlr = p(attacks_lib.apgd, eps=eps, norm=norm, steps=steps, loss="dlr", restarts=5,
@@ -947,6 +952,31 @@ def _stage_outputs(logits_fn, attack, x, y, key, valid):
     x_adv = attack(logits_fn, x, y, key=key, **kwargs)
     logits = logits_fn(x_adv)
     return jnp.argmax(logits, -1), _output_stats(x, x_adv, logits, threat_of(attack)[1]), x_adv
+
+
+def _randomized_stage_outputs(logits_fn, attack, x, y, key, valid):
+    """`_stage_outputs` for a randomized logits_fn(x, key): the attack gets the first half of
+    split(key), the decision at attack(x) is one draw of the model keyed with the second."""
+    attack_key, decide_key = jax.random.split(key)
+    kwargs = {"valid": valid} if is_batch_level(attack) else {}
+    x_adv = attack(logits_fn, x, y, key=attack_key, **kwargs)
+    logits = logits_fn(x_adv, decide_key)
+    return jnp.argmax(logits, -1), _output_stats(x, x_adv, logits, threat_of(attack)[1]), x_adv
+
+
+def _randomized_clean_pass(logits_fn, x, y, key):
+    """`_clean_pass` of one draw of a randomized logits_fn(x, key)."""
+    return _clean_pass(lambda xx: logits_fn(xx, key), x, y)
+
+
+def _check_randomized_signature(logits_fn, x_shape, dtype):
+    """version="rand" calls logits_fn(x, key): say so when logits_fn does not take a key."""
+    try:
+        jax.eval_shape(logits_fn, jax.ShapeDtypeStruct(x_shape, dtype), jax.random.PRNGKey(0))
+    except TypeError as e:
+        raise ValueError(
+            f'version="rand" evaluates a randomized model called as logits_fn(x, key) (one draw '
+            f"of its randomness per key); this logits_fn cannot be called so: {e}") from None
 
 
 def _clean_pass(logits_fn, x, y):
@@ -1051,7 +1081,8 @@ def autoattack(logits_fn: Callable[[jax.Array], jax.Array],
       probability_outputs: rows of the first batch whose outputs are non-negative and sum to 1 --
         logits_fn seems to return probabilities; the losses need logits;
       randomized: rows of the first batch whose outputs change between identical calls -- a
-        randomized defence, for which version="rand" (EoT) is the right evaluation;
+        randomized defence, for which version="rand" (EoT) is the right evaluation (not run with
+        version="rand", as in the reference);
       zero_gradient: examples whose cross-entropy input gradient at x is exactly zero -- gradient
         attacks cannot move them (saturated softmax, quantization, ...);
       broken_after_apgd: examples that the APGD stages before FAB or Square left robust and FAB or
@@ -1061,7 +1092,14 @@ def autoattack(logits_fn: Callable[[jax.Array], jax.Array],
     Args:
       data: (x, y) arrays or an iterable of (x, y) / {"image", "label"} batches, x in the box.
       norm, eps: the threat model ("linf" or "l2").
-      version: "standard", "plus" (or "rand", not yet available).
+      version: "standard", "plus" or "rand". With "rand", logits_fn is a randomized model called
+        as logits_fn(x, key) (one draw of its randomness per key): the stages (APGD-CE, APGD-DLR)
+        average each gradient over 20 draws (EoT, `attacks.apgd(randomized=True)`), while the
+        clean accuracy and every robust / broken decision are one draw each, keyed
+        deterministically from `key` (clean batch b: fold_in(fold_in(key, 0), b); stage j's batch
+        c: the second half of split(fold_in(fold_in(key, j), c)), whose first half is the
+        attack's key), so a run is reproducible; the numbers are one sample of a random
+        quantity (run several keys for its spread).
       return_examples: also return the adversarial examples (x where no stage succeeded).
       progress: a progress bar (tqdm, else printed lines) over the batches of each stage.
       stages: (label, attack) pairs to run instead of the version's (each checked in its own box).
@@ -1074,7 +1112,15 @@ def autoattack(logits_fn: Callable[[jax.Array], jax.Array],
         raise ValueError("data: no examples to evaluate")
     y_all = labels_as_int32(y_all)
     n = len(x_all)
-    num_classes = int(jax.eval_shape(logits_fn, jax.ShapeDtypeStruct(
+    randomized = version == "rand"
+    if randomized:
+        # One deterministic draw of the model wherever a single logits_fn(x) is needed.
+        _check_randomized_signature(logits_fn, (batch_size,) + x_all.shape[1:], x_all.dtype)
+        clean_key = jax.random.fold_in(key, 0)
+        one_draw = lambda xx: logits_fn(xx, clean_key)
+    else:
+        one_draw = logits_fn
+    num_classes = int(jax.eval_shape(one_draw, jax.ShapeDtypeStruct(
         (batch_size,) + x_all.shape[1:], x_all.dtype)).shape[-1])
     bounds = threat.check_bounds(bounds)
     if stages is None:
@@ -1085,17 +1131,22 @@ def autoattack(logits_fn: Callable[[jax.Array], jax.Array],
     seconds: Dict[str, float] = {"clean": 0.0}
 
     # Clean pass (and the zero-gradient check) over all examples.
-    clean_fn = jax.jit(functools.partial(_clean_pass, logits_fn))
+    if randomized:
+        clean_rand = jax.jit(functools.partial(_randomized_clean_pass, logits_fn))
+        clean_fn = lambda xb, yb, b: clean_rand(xb, yb, jax.random.fold_in(clean_key, b))
+    else:
+        clean_plain = jax.jit(functools.partial(_clean_pass, logits_fn))
+        clean_fn = lambda xb, yb, b: clean_plain(xb, yb)
     robust = np.zeros(n, bool)
     zero_grad = np.zeros(n, bool)
     t0 = time.perf_counter()
     for start in range(0, n, batch_size):
         xb, yb = x_all[start:start + batch_size], y_all[start:start + batch_size]
         m = len(xb)
-        _check_data_batch(logits_fn, jnp.asarray(xb), jnp.asarray(yb),
+        _check_data_batch(one_draw, jnp.asarray(xb), jnp.asarray(yb),
                           [bounds] + [threat_of(a)[2] for _, a in stages])
         pred, finite, zero = clean_fn(jnp.asarray(_pad(xb, batch_size)),
-                                      jnp.asarray(_pad(yb, batch_size)))
+                                      jnp.asarray(_pad(yb, batch_size)), start // batch_size)
         check_clean_logits(finite, m)
         robust[start:start + m] = np.asarray(pred)[:m] == yb
         zero_grad[start:start + m] = np.asarray(zero)[:m]
@@ -1104,15 +1155,17 @@ def autoattack(logits_fn: Callable[[jax.Array], jax.Array],
     broken_by = np.where(robust, -1, 0).astype(np.int32)
 
     first = jnp.asarray(x_all[:batch_size])
-    checks = {"probability_outputs": _probability_rows(jax.jit(logits_fn)(first)),
-              "randomized": _randomized_rows(logits_fn, first),
-              "zero_gradient": int(zero_grad.sum())}
+    checks = {"probability_outputs": _probability_rows(jax.jit(one_draw)(first))}
+    if not randomized:  # the reference skips `check_randomized` for version "rand" too
+        checks["randomized"] = _randomized_rows(logits_fn, first)
+    checks["zero_gradient"] = int(zero_grad.sum())
 
     x_adv = np.array(x_all, copy=True) if return_examples else None
     results: Dict[str, float] = {}
     for j, (name, attack) in enumerate(stages, start=1):
         eps_j, norm_j, bounds_j = threat_of(attack)
-        run = jax.jit(functools.partial(_stage_outputs, logits_fn, attack))
+        run = jax.jit(functools.partial(
+            _randomized_stage_outputs if randomized else _stage_outputs, logits_fn, attack))
         todo = np.flatnonzero(robust)
         # Every stage compiles its own program, so a stage whose survivors fit in one batch can
         # use a smaller one (rounded up to a multiple of 8) at no extra compilation.
@@ -1157,7 +1210,7 @@ def _check_messages(checks, n, batch_size, first, stage_names, broken_by) -> Lis
     if checks["probability_outputs"] == first:
         out.append(f"logits_fn's outputs look like probabilities: all {first} rows of the first "
                    f"batch are non-negative and sum to 1; pass logits (the losses assume them)")
-    if checks["randomized"]:
+    if checks.get("randomized"):
         out.append(f"logits_fn looks randomized: its outputs changed between identical calls on "
                    f"{checks['randomized']} of {first} examples; use version=\"rand\" (EoT)")
     if checks["zero_gradient"]:
