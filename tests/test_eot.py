@@ -62,16 +62,15 @@ def test_plain_apgd_equals_the_eot_path_with_one_draw_of_a_key_ignoring_model(no
     assert np.mean(np.asarray(jnp.argmax(_plain(a), -1) != y)) > 0  # the attack did something
 
 
-@pytest.mark.parametrize("norm", ["linf", "l2"])
-def test_eot_over_identical_draws_equals_one_draw(norm):
+def test_eot_over_identical_draws_equals_one_draw():
     """On a model that ignores its key every draw has the same gradient, so the EoT mean over 5
     draws is the one-draw gradient (up to the rounding of sum / 5) and APGD follows the same
     iterates. Fails if the draws were summed without dividing, or the loss not averaged."""
     x, y = _batch(24, seed=1)
-    kw = dict(eps=0.08 if norm == "linf" else 0.5, steps=10, norm=norm, randomized=True,
+    kw = dict(eps=0.08, steps=6, norm="linf", randomized=True,
               key=jax.random.PRNGKey(3))
-    one = attacks.apgd(_ignores_key, x, y, eot_iter=1, **kw)
-    five = attacks.apgd(_ignores_key, x, y, eot_iter=5, **kw)
+    one = fast_jit(lambda x, y: attacks.apgd(_ignores_key, x, y, eot_iter=1, **kw))(x, y)
+    five = fast_jit(lambda x, y: attacks.apgd(_ignores_key, x, y, eot_iter=5, **kw))(x, y)
     np.testing.assert_allclose(np.asarray(five), np.asarray(one), rtol=0, atol=1e-6)
     f1, _, g1 = apgd_lib.eot_value_and_grad(_ignores_key, attacks_losses().cross_entropy, x, y,
                                             jax.random.PRNGKey(0), 1)
@@ -140,8 +139,9 @@ def test_apgd_draws_each_iteration_from_its_own_keys():
 
     x, y = _batch(8, seed=2)
     key = jax.random.PRNGKey(9)
-    out = attacks.apgd(logits_fn, x, y, key=key, eps=0.05, steps=steps, restarts=restarts,
-                       eot_iter=eot_iter, randomized=True)
+    out = fast_jit(lambda x, y: attacks.apgd(logits_fn, x, y, key=key, eps=0.05, steps=steps,
+                                             restarts=restarts, eot_iter=eot_iter,
+                                             randomized=True))(x, y)
     jax.block_until_ready(out)
     model_keys = jax.random.split(jax.random.split(key)[1], restarts)
     expected = sorted(
@@ -151,7 +151,7 @@ def test_apgd_draws_each_iteration_from_its_own_keys():
     assert sorted(log) == expected
 
 
-def _rand_stages(eps, steps=6, eot_iter=3):
+def _rand_stages(eps, steps=4, eot_iter=2):
     return evaluate.autoattack_stages("linf", eps, "rand", steps=steps, eot_iter=eot_iter)
 
 
@@ -168,17 +168,14 @@ def test_autoattack_rand_runs_apgd_ce_and_apgd_dlr_with_eot():
 
 def test_autoattack_rand_cascade_on_a_randomized_model():
     """version="rand" on a noisy MLP (cheap budgets): per-stage robust accuracy that never rises,
-    examples in the ball and the box, each broken example attributed to its stage, and a run that
-    is reproducible from its key (every draw is keyed deterministically). A logits_fn without a
-    key is rejected with the reason."""
+    examples in the ball and the box, each broken example attributed to its stage, x itself
+    where no stage succeeded. A logits_fn without a key is rejected with the reason."""
     x, y = _batch(20, seed=3)
     x, y = np.asarray(x), np.asarray(y)
     eps = 0.06
-    run = lambda k: evaluate.autoattack(_noisy, (x, y), norm="linf", eps=eps, version="rand",
-                                        key=jax.random.PRNGKey(k), batch_size=16,
-                                        stages=_rand_stages(eps), return_examples=True,
-                                        warn=False)
-    res = run(0)
+    res = evaluate.autoattack(_noisy, (x, y), norm="linf", eps=eps, version="rand",
+                              key=jax.random.PRNGKey(0), batch_size=16, stages=_rand_stages(eps),
+                              return_examples=True, warn=False)
     assert list(res.stages) == ["apgd-ce", "apgd-dlr"] and res.version == "rand"
     accs = [res.clean] + list(res.stages.values())
     assert all(a >= b for a, b in zip(accs, accs[1:]))
@@ -189,9 +186,6 @@ def test_autoattack_rand_cascade_on_a_randomized_model():
     assert_in_threat_model(res.x_adv, x, eps, "linf")
     assert res.x_adv.min() >= 0.0 and res.x_adv.max() <= 1.0
     np.testing.assert_array_equal(res.x_adv[res.broken_by < 1], x[res.broken_by < 1])
-    again = run(0)
-    np.testing.assert_array_equal(again.broken_by, res.broken_by)
-    np.testing.assert_array_equal(again.x_adv, res.x_adv)
     with pytest.raises(ValueError, match=r"logits_fn\(x, key\)"):
         evaluate.autoattack(_plain, (x, y), norm="linf", eps=eps, version="rand",
                             key=jax.random.PRNGKey(0), batch_size=16, stages=_rand_stages(eps))
