@@ -145,7 +145,8 @@ def eot_value_and_grad(logits_fn: RandomizedLogitsFn, loss_fn: Callable, x: jax.
         L_bar = 1/E sum_d L(f(x; k_d), y),   g = 1/E sum_d grad_x sum_i L(f(x_i; k_d), y_i)
 
     (Athalye et al. 2018, Eq. 3's gradient of the expectation, estimated with E samples; AutoAttack's
-    `eot_iter`). The draws run sequentially in a `fori_loop`.
+    `eot_iter`). The draws run sequentially in a `fori_loop`; the gradient is summed in at least
+    float32 and returned in x's dtype.
     """
     def total(xa, k):
         logits = logits_fn(xa, k)
@@ -158,9 +159,11 @@ def eot_value_and_grad(logits_fn: RandomizedLogitsFn, loss_fn: Callable, x: jax.
     def draw(d, acc):
         g_sum, f_sum, _ = acc
         (_, (val, logits)), g = vg(x, jax.random.fold_in(key, d))
-        return g_sum + g, f_sum + val, logits
+        return g_sum + g.astype(acc_dtype), f_sum + val, logits
 
-    init = (jnp.zeros_like(x), jnp.zeros(out[0].shape, out[0].dtype),
+    # Sums in at least float32: 20 bfloat16 gradients would lose most of their mantissa.
+    acc_dtype = jnp.promote_types(x.dtype, jnp.float32)
+    init = (jnp.zeros(x.shape, acc_dtype), jnp.zeros(out[0].shape, out[0].dtype),
             jnp.zeros(out[1].shape, out[1].dtype))
     g_sum, f_sum, logits = jax.lax.fori_loop(0, eot_iter, draw, init)
     return f_sum / eot_iter, logits, (g_sum / eot_iter).astype(x.dtype)
