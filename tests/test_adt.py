@@ -403,6 +403,9 @@ def test_am_objectives_require_input_shape():
                                   {"eps": 0.1, "input_shape": (4, 4, 1), "generator_input": "x"})
 
 
+# Slow (16 s): a full train/evaluate run; the method-state checkpoint path is covered by default in
+# tests/test_multi_seed.py and tests/test_dro.py.
+@pytest.mark.slow
 def test_train_and_evaluate_adt_exp_am_checkpoints_the_generator(tmp_path):
     from advjax import train
     from advjax.config import default_config

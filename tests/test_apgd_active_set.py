@@ -33,7 +33,8 @@ def _counting_logits_fn(model, variables, log):
     return logits_fn
 
 
-@pytest.mark.parametrize("targeted", [False, True], ids=["ranked_targets", "given_targets"])
+@pytest.mark.parametrize("targeted", [False, pytest.param(True, marks=pytest.mark.slow)],
+                         ids=["ranked_targets", "given_targets"])
 def test_active_set_runs_equal_whole_batch_runs(monkeypatch, small_cnn, targeted):
     """APGD-T over 2 ranked targets x 2 restarts, and targeted APGD-T towards given classes over 3
     restarts (success: the target is predicted); `apgd` restarts take the same path, `_runs`."""

@@ -493,6 +493,8 @@ def _toy_module():
     return mod
 
 
+# Slow (11 s): trains two toy models (experiments/udr_toy is the study).
+@pytest.mark.slow
 def test_udr_toy_soft_ball_beats_pgd_at():
     """App. E: UDR-PGD's soft ball beats PGD-AT at eps 2.0 (paper: 82.6 vs 74.5). Here with lambda
     held at the paper's Fig. 3a value 0.1; experiments/udr_toy/README.md has the adaptive runs."""

@@ -189,6 +189,9 @@ def test_sharded_evaluation_equals_single_process(worker, single_run, tmp_path):
             np.testing.assert_array_equal(c2[k], c1[k], err_msg=k)
 
 
+# Slow (35 s): three process launches and a heartbeat timeout; the default suite keeps the 2x2 vs
+# 1x4 training and the sharded evaluation checks.
+@pytest.mark.slow
 def test_killed_process_fails_the_other_and_restart_resumes(worker, tmp_path):
     workdir = str(tmp_path / "killed")
     epochs = 12  # 96 steps: killed right after the first checkpoint (step 16), long before the end

@@ -97,6 +97,9 @@ def test_devices_follow_the_one_device_trajectory(tmp_path):
     assert any(np.abs(v).max() > 0 for v in p1.values())
 
 
+# Slow (32 s): repeated kill -9 / restart cycles; the default suite keeps tests/test_faults.py's
+# kill during the metrics rewrite, SIGTERM resume and damaged-checkpoint resume, each bitwise.
+@pytest.mark.slow
 def test_sigkill_resume_matches_uninterrupted(tmp_path):
     args = ["--config", TINY, "--config.train.epochs=40", "--config.train.progress=False",
             "--config.train.checkpoint_every_steps=30", "--config.eval.limit=64"]
