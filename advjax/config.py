@@ -77,7 +77,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.eval.autoattack = ml_collections.ConfigDict()
     c.eval.autoattack.norm = ""           # "" (off) | "linf" | "l2"
     c.eval.autoattack.eps = 0.0
-    c.eval.autoattack.version = "standard"  # "standard" | "plus" ("rand": Python API, logits_fn(x, key))
+    c.eval.autoattack.version = "standard"  # "standard" | "plus" ("rand": Python API only)
 
     c.distributed = ml_collections.ConfigDict()
     c.distributed.coordinator_address = ""
