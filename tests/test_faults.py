@@ -180,7 +180,9 @@ def test_workdirs_written_before_this_change_resume_with_their_configs():
     # (e.g. train.collapse_*), at its default, is no change; what the configs themselves changed
     # since is. Issues 15 and 16 deliberately changed most study configs (the authors' optimizers,
     # variants, schedules) and the quickstart's attacks: an old workdir of those must be refused or
-    # warned about, never resumed silently, so only these keys may appear as changes.
+    # warned about, never resumed silently, so their differences must show as changed values, never
+    # be hidden or reported as keys that merely appeared with their defaults; the configs nobody
+    # changed must still compare equal (no false alarm on resume).
     from advjax import workdir
     from advjax.config import default_config
     names = sorted(f[:-5] for f in os.listdir(OLD_CONFIGS) if f.endswith(".json"))
