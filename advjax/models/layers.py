@@ -274,22 +274,28 @@ def _conv_patches_grad(x: jnp.ndarray, kernel: jnp.ndarray, padding: str) -> jnp
     return _conv_thin(x, kernel, padding)
 
 
-def _conv_patches_grad_jvp(padding, primals, tangents):
-    # Linear in each argument: d conv(x, k) = conv(dx, k) + conv(x, dk). The dx term is written as
-    # patches, so its transpose (the input gradient) is a matmul and shifted adds rather than XLA's
-    # transposed convolution. Symbolic zeros skip the term of an argument not differentiated.
-    x, kernel = primals
-    dx, dkernel = tangents
-    y = _conv_thin(x, kernel, padding)
-    dy_x = None if isinstance(dx, SymbolicZero) else _conv_by_patches(dx, kernel, padding)
-    dy_k = (None if isinstance(dkernel, SymbolicZero)
-            else _conv_kernel_tangent(x, dkernel, padding))
-    if dy_x is None and dy_k is None:
-        return y, jnp.zeros_like(y)
-    return y, _add_tangents(dy_x, dy_k)
+def _conv_jvp_rule(forward, input_tangent):
+    """The JVP rule of a convolution y = forward(x, kernel, padding), linear in each argument:
+    d conv(x, k) = input_tangent(dx, k) + conv(x, dk). `input_tangent` is the implementation's own
+    way to write the dx term, chosen so that its transpose (the input gradient) avoids XLA:CPU's
+    slow transposed convolution. Symbolic zeros skip the term of an argument not differentiated."""
+
+    def rule(padding, primals, tangents):
+        x, kernel = primals
+        dx, dkernel = tangents
+        y = forward(x, kernel, padding)
+        dy_x = None if isinstance(dx, SymbolicZero) else input_tangent(dx, kernel, padding)
+        dy_k = (None if isinstance(dkernel, SymbolicZero)
+                else _conv_kernel_tangent(x, dkernel, padding))
+        if dy_x is None and dy_k is None:
+            return y, jnp.zeros_like(y)
+        return y, _add_tangents(dy_x, dy_k)
+
+    return rule
 
 
-_conv_patches_grad.defjvp(_conv_patches_grad_jvp, symbolic_zeros=True)
+# The dx term as patches: its transpose is a matmul and shifted adds.
+_conv_patches_grad.defjvp(_conv_jvp_rule(_conv_thin, _conv_by_patches), symbolic_zeros=True)
 
 
 def _adjoint_padding(kh: int, kw: int, padding: str):
@@ -326,16 +332,5 @@ def _conv_explicit_grad(x: jnp.ndarray, kernel: jnp.ndarray, padding: str) -> jn
     return _conv_xla(x, kernel, padding)
 
 
-def _conv_explicit_grad_jvp(padding, primals, tangents):
-    x, kernel = primals
-    dx, dkernel = tangents
-    y = _conv_xla(x, kernel, padding)
-    dy_x = None if isinstance(dx, SymbolicZero) else _conv_input_tangent(dx, kernel, padding)
-    dy_k = (None if isinstance(dkernel, SymbolicZero)
-            else _conv_kernel_tangent(x, dkernel, padding))
-    if dy_x is None and dy_k is None:
-        return y, jnp.zeros_like(y)
-    return y, _add_tangents(dy_x, dy_k)
-
-
-_conv_explicit_grad.defjvp(_conv_explicit_grad_jvp, symbolic_zeros=True)
+# The dx term as the transpose of the explicit flipped-kernel convolution (`_conv_input_tangent`).
+_conv_explicit_grad.defjvp(_conv_jvp_rule(_conv_xla, _conv_input_tangent), symbolic_zeros=True)
