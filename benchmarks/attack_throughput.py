@@ -1,4 +1,5 @@
-"""Attack throughput: linf PGD-20 on the Madry MNIST CNN, batch 256, advjax vs torchattacks vs Foolbox.
+"""Attack throughput: linf PGD-20 on the Madry MNIST CNN, batch 256, advjax vs torchattacks vs Foolbox;
+APGD-CE and APGD-T on the quickstart's CNN-4C3F, advjax vs the reference AutoAttack.
 
 One process, identical weights (a randomly initialized Madry CNN: conv5x5-32, max-pool, conv5x5-64,
 max-pool, FC1024, FC10; the cost does not depend on the weights' values), identical inputs, no random
@@ -21,7 +22,17 @@ ratio to torchattacks; agreement with torchattacks (fraction of examples whose a
 within 1e-3 everywhere) is printed so the speed is for the same result. advjax and the peers run on
 the same number of threads (`--threads`, default all CPUs; benchmarks/_bench.py).
 
+APGD section (`--apgd-n`, default 1000; 0 skips it): APGD-CE-100 and APGD-T-100 (9 target classes),
+linf eps 0.1, one restart, on the quickstart's CNN-4C3F with its committed trained weights
+(`advjax.testing.fmnist_at`, name "quickstart") and the first `--apgd-n` Fashion-MNIST test images;
+both implementations attack the correctly classified ones in one batch, as AutoAttack does. advjax
+is `advjax.attacks.apgd_ce` / `apgd_t` under `jax.jit`, timed from its first call (compilation
+included: what a user waits for); the reference is pyautoattack's `APGDAttack` /
+`APGDAttack_targeted` on the PyTorch twin. Robust accuracy is printed beside the time (the random
+starts differ, so it agrees within a few tenths of a percent, not exactly).
+
     python benchmarks/attack_throughput.py [--batch 256] [--steps 20] [--repeats 3] [--threads N]
+        [--apgd-n 1000]
 """
 
 from __future__ import annotations
@@ -97,6 +108,74 @@ def foolbox_runner(variables, x, y, steps):
     return run
 
 
+APGD_EPS, APGD_STEPS, APGD_TARGETS = 0.1, 100, 9
+
+
+def apgd_section(n: int) -> None:
+    """Prints the APGD table (module docstring)."""
+    import jax
+    import jax.numpy as jnp
+
+    from advjax import attacks
+    from advjax.testing import fmnist_at, torch_twins
+    x, y = fmnist_at.load_split("test", n)
+    f = fmnist_at.logits_fn("quickstart")
+    correct = np.argmax(np.asarray(f(jnp.asarray(x))), -1) == y
+    x, y = x[correct], y[correct]
+    attacks_ = {
+        "APGD-CE": lambda xx, yy, k: attacks.apgd_ce(f, xx, yy, key=k, eps=APGD_EPS,
+                                                     steps=APGD_STEPS),
+        f"APGD-T ({APGD_TARGETS} targets)": lambda xx, yy, k: attacks.apgd_t(
+            f, xx, yy, key=k, eps=APGD_EPS, steps=APGD_STEPS, num_target_classes=APGD_TARGETS),
+    }
+    try:
+        torch = _bench.torch_threads()
+        from pyautoattack import autopgd_base
+        tm = fmnist_at.torch_model("quickstart")
+        references = {
+            "APGD-CE": autopgd_base.APGDAttack(tm, n_iter=APGD_STEPS, norm="Linf", n_restarts=1,
+                                               eps=APGD_EPS, seed=0, loss="ce", device="cpu"),
+            f"APGD-T ({APGD_TARGETS} targets)": autopgd_base.APGDAttack_targeted(
+                tm, n_iter=APGD_STEPS, norm="Linf", n_restarts=1, eps=APGD_EPS, seed=0,
+                n_target_classes=APGD_TARGETS, device="cpu"),
+        }
+        skipped = None
+    except ImportError as e:
+        references, skipped = {}, f"{type(e).__name__}: {e}"
+
+    def robust(x_adv):
+        return float(np.mean(np.argmax(np.asarray(f(jnp.asarray(x_adv))), -1) == y))
+
+    print(_bench.header(f"linf APGD, eps {APGD_EPS}, {APGD_STEPS} iterations, 1 restart; "
+                        f"quickstart CNN-4C3F (committed weights), the {len(y)} correctly "
+                        f"classified of the first {n} Fashion-MNIST test images; one run each, "
+                        "advjax's time including its compilation"))
+    print("| attack | implementation | seconds | images/s | ratio to reference | "
+          "robust accuracy (of the attacked) |")
+    print("|---|---|---:|---:|---:|---:|")
+    xj, yj = jnp.asarray(x), jnp.asarray(y)
+    for name, attack in attacks_.items():
+        run = jax.jit(attack)
+        t0 = time.perf_counter()
+        x_adv = np.asarray(jax.block_until_ready(run(xj, yj, jax.random.PRNGKey(0))))
+        ours = time.perf_counter() - t0
+        theirs = None
+        if name in references:
+            xt, yt = torch_twins.to_nchw(x), torch.tensor(y).long()
+            t0 = time.perf_counter()
+            x_ref = references[name].perturb(xt, yt).detach().permute(0, 2, 3, 1).numpy()
+            theirs = time.perf_counter() - t0
+        ratio = f"{theirs / ours:.2f}x" if theirs else "n/a"
+        print(f"| {name} | advjax | {ours:.1f} | {len(y) / ours:.1f} | {ratio} | "
+              f"{100 * robust(x_adv):.2f}% |")
+        if theirs:
+            print(f"| {name} | reference (pyautoattack) | {theirs:.1f} | {len(y) / theirs:.1f} | "
+                  f"1.00x | {100 * robust(x_ref):.2f}% |")
+    if skipped:
+        print(f"| APGD | reference (pyautoattack) | skipped: {skipped} | | | |")
+    print(f"load at the end {_bench.load()}")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, default=256)
@@ -104,6 +183,8 @@ def main():
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=0, help="CPUs for advjax and peers (0: all)")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile row")
+    p.add_argument("--apgd-n", type=int, default=1000,
+                   help="test images for the APGD section (0: skip it)")
     args = p.parse_args()
 
     import jax
@@ -152,6 +233,9 @@ def main():
     for k, why in skipped.items():
         print(f"| {k} | skipped: {why} | | | |")
     print(f"load at the end {_bench.load()}")
+    if args.apgd_n:
+        print()
+        apgd_section(args.apgd_n)
 
 
 if __name__ == "__main__":

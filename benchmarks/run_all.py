@@ -4,12 +4,17 @@ outputs.
     python benchmarks/run_all.py [--quick] [--threads N] [--allow-load]
 
 Each benchmark runs in its own subprocess (one at a time, so they do not compete for the CPU):
-  attack_throughput.py   PGD-20 images/s: advjax vs torchattacks (eager and torch.compile) vs Foolbox
+  attack_throughput.py   PGD-20 images/s: advjax vs torchattacks (eager and torch.compile) vs Foolbox;
+                         APGD-CE and APGD-T on the quickstart's CNN-4C3F vs the reference AutoAttack
   attack_memory.py       peak memory of PGD-20 vs PGD-200 and of DAA at M = 100 vs 1000
   daa_overhead.py        DAA-BLOB / DAA-DGF step time relative to PGD
   train_throughput.py    PGD-AT train steps/s on the studies' models (CNN-4C3F, DAA's release CNN,
                          Madry's CNN): advjax vs a PyTorch loop and torch.compile, GFLOP/s, % sgemm
   input_pipeline.py      `advjax.data.batches` images/s
+  multi_seed.py          PGD-AT training images/s with K = 1, 3, 5 seeds in one process
+                         (train.seeds; sequential and vmapped)
+  eval_sweep.py          an eps sweep in one `robust_accuracy` call vs one call per eps
+  autoattack.py          AutoAttack (standard) on 200 images: advjax vs the reference pyautoattack
   data parallelism       one PGD-AT step of the training loop on 1, 2 and 4 forced CPU devices
                          (XLA_FLAGS=--xla_force_host_platform_device_count=N) at the same global batch.
                          The forced devices share the machine's cores, so this measures the cost of
@@ -119,8 +124,14 @@ def _md_rows(text: str) -> List[List[str]]:
 
 def parse_attack_throughput(text: str) -> List[Row]:
     rows = []
+    n = re.search(r"the (\d+) correctly classified of the first (\d+)", text)
+    apgd = (f"APGD-100 linf eps 0.1, quickstart CNN-4C3F, {n.group(1)} of {n.group(2)} FMNIST test "
+            "images" if n else "APGD-100")
     for cells in _md_rows(text):
-        if len(cells) >= 5 and cells[2]:
+        if len(cells) == 6:  # attack, implementation, seconds, images/s, ratio, robust accuracy
+            rows.append((apgd, f"{cells[0]}: {cells[1]}", f"{cells[2]} s ({cells[3]} images/s)",
+                         f"{cells[4]} reference; robust accuracy {cells[5]}"))
+        elif len(cells) >= 5 and cells[2]:
             rows.append(("attack throughput (PGD-20, Madry CNN)", cells[0], f"{cells[2]} images/s",
                          f"{cells[3]} torchattacks; {cells[4]} of examples equal"))
         elif cells:
@@ -167,6 +178,47 @@ def parse_input_pipeline(text: str) -> List[Row]:
     return rows
 
 
+def parse_multi_seed(text: str) -> List[Row]:
+    rows = []
+    for cells in _md_rows(text):
+        if len(cells) == 5 and cells[0].isdigit():  # K, how, ms per step, images/s, vs K=1
+            rows.append(("several seeds in one process (PGD-AT, CNN-4C3F 16/32, PGD-10, batch 128 "
+                         "per seed)", f"K = {cells[0]}, {cells[1]}",
+                         f"{cells[3]} images/s ({cells[2]} ms/step)",
+                         f"{cells[4]} the single-seed images/s"))
+    return rows
+
+
+def parse_eval_sweep(text: str) -> List[Row]:
+    rows = []
+    equal = re.search(r"numbers equal: (\w+)", text)
+    head = re.search(r"n = (\d+), batch \d+, (\d+) steps, eps \[([^\]]*)\]", text)
+    what = (f"eps sweep (PGD-{head.group(2)} and APGD-CE-{head.group(2)} at eps "
+            f"{head.group(3)}, {head.group(1)} FMNIST images)" if head else "eps sweep")
+    for cells in _md_rows(text):
+        if len(cells) == 3 and cells[0].startswith("one "):  # way, compilations, seconds
+            rows.append((what,
+                         cells[0], f"{cells[2]} s", f"compilations {cells[1]}; numbers equal: "
+                         f"{equal.group(1) if equal else '?'}"))
+    return rows
+
+
+def parse_autoattack(text: str) -> List[Row]:
+    rows = []
+    head = re.search(r"AutoAttack (\w+), linf eps ([\d.]+), (\d+) Fashion-MNIST", text)
+    what = (f"AutoAttack {head.group(1)} (linf {head.group(2)}, {head.group(3)} FMNIST images, "
+            "small AT CNN)" if head else "AutoAttack")
+    for cells in _md_rows(text):
+        if len(cells) >= 3 and cells[0] in ("advjax", "reference (pyautoattack, torch)"):
+            compiled = " (including compilation)" if cells[0] == "advjax" else ""
+            rows.append((what, cells[0], f"{cells[1]} s{compiled}",
+                         f"robust accuracy {cells[-1]}%"))
+    ratio = re.search(r"speed ratio \(reference seconds / advjax seconds\): ([\d.]+)x", text)
+    if ratio:
+        rows.append((what, "speed ratio", f"{ratio.group(1)}x", "reference seconds / advjax's"))
+    return rows
+
+
 def run_device_scaling(batch: int, pgd_steps: int, repeats: int) -> Tuple[List[Row], str, float]:
     rows, raw, seconds, base = [], [], 0.0, None
     for n in DEVICE_COUNTS:
@@ -192,15 +244,20 @@ def run_device_scaling(batch: int, pgd_steps: int, repeats: int) -> Tuple[List[R
 
 BENCHMARKS: List[Tuple[str, List[str], List[str], Callable[[str], List[Row]]]] = [
     # (script, arguments, --quick arguments, parser)
-    ("attack_throughput.py", [], ["--repeats", "1"], parse_attack_throughput),
+    ("attack_throughput.py", [], ["--repeats", "1", "--apgd-n", "100"], parse_attack_throughput),
     ("attack_memory.py", [], [], parse_attack_memory),
     ("daa_overhead.py", [], ["--reps", "3", "--scaling-reps", "1"], parse_daa_overhead),
     ("train_throughput.py", [], ["--repeats", "2"], parse_train_throughput),
     ("input_pipeline.py", [], [], parse_input_pipeline),
+    ("multi_seed.py", [], ["--seeds", "1,3", "--repeats", "1", "--steps", "1"], parse_multi_seed),
+    ("eval_sweep.py", [], ["--n", "64", "--steps", "5", "--eps", "0.05,0.1"], parse_eval_sweep),
+    ("autoattack.py", ["--n", "200", "--batch", "200"], ["--n", "20", "--n-queries", "50"],
+     parse_autoattack),
 ]
 
 
 THREADED = ("attack_throughput.py", "attack_memory.py", "train_throughput.py")  # take --threads
+TORCH_THREADED = ("autoattack.py",)  # --threads N sets torch's threads only (N > 0)
 
 
 def _load() -> str:
@@ -298,6 +355,8 @@ def main():
                      f"fall below {LOAD_LIMIT} in {args.settle:.0f} s; {args.out} is not written.")
         print(f"running {script} (load {_load()}) ...", flush=True)
         threads = ["--threads", str(args.threads)] if script in THREADED else []
+        if script in TORCH_THREADED and args.threads > 0:
+            threads = ["--threads", str(args.threads)]
         text, sec = _run([sys.executable, os.path.join(HERE, script),
                           *(quick if args.quick else extra), *threads], env=env)
         after = os.getloadavg()[0]

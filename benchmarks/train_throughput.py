@@ -2,6 +2,7 @@
 
     python benchmarks/train_throughput.py [--models cnn4c3f_study,madry_cnn] [--threads N]
                                           [--batch 128] [--steps 10] [--repeats 5]
+    python benchmarks/train_throughput.py --profile --models cnn4c3f_32
 
 Models (`--models`, default all), the ones the studies and reproductions train:
   cnn4c3f_study     CNN-4C3F with the studies' widths (16, 32) and one FC-128 layer, no dropout
@@ -17,6 +18,12 @@ on the adversarial batch in training mode. Implementations:
   pytorch           a plain PyTorch loop (eager), the same architecture
   torch.compile     the same loop with the model wrapped in `torch.compile` (inductor, CPU), what a
                     PyTorch user would reach for; skipped with the reason if it does not work
+`--profile` instead prints where a model's step spends its time: for each convolution of the model,
+the milliseconds of its forward pass, input gradient and kernel gradient at batch `--batch`, in
+advjax's layer (`advjax.models.layers.Conv`, the implementation "auto" resolves to on this backend)
+and in PyTorch (`F.conv2d` and autograd), and those weighted by how often one PGD-AT step runs them
+((PGD steps + 1) forwards, PGD steps + 1 input gradients -- PGD steps for the first layer, whose
+input gradient the update does not need -- and one kernel gradient).
 The implementations of a model take turns over `--repeats` rounds (median reported), all on the same
 number of threads (`--threads`, see benchmarks/_bench.py). GFLOP/s counts (2 x PGD steps + 3) x the
 model's forward FLOPs (XLA's cost analysis) per image: forward and input gradient per attack step,
@@ -125,6 +132,104 @@ def torch_step_fn(model, batch_size, pgd_steps):
     return run
 
 
+def conv_layers(flax_model, variables):
+    """(input shape, kernel shape, padding) of every `layers.Conv` call in one forward pass."""
+    import flax.linen as fnn
+    import jax
+    import jax.numpy as jnp
+
+    from advjax.models import layers
+    found = []
+
+    def record(next_fun, args, kwargs, context):
+        if isinstance(context.module, layers.Conv) and context.method_name == "__call__":
+            m = context.module
+            found.append((tuple(args[0].shape), (*m.kernel_size, args[0].shape[-1], m.features),
+                          m.padding, m.impl))
+        return next_fun(*args, **kwargs)
+
+    with fnn.intercept_methods(record):
+        jax.eval_shape(lambda: flax_model.apply(variables, jnp.zeros((1, 28, 28, 1))))
+    return found
+
+
+def _ms(fn, repeats):
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return 1000 * float(np.median(times))
+
+
+def profile_convolutions(key, batch, pgd_steps, repeats):
+    """The `--profile` table (module docstring)."""
+    import jax
+    import jax.numpy as jnp
+
+    from advjax.models import layers
+    torch = _bench.torch_threads()
+    F = torch.nn.functional
+    name, fields, label = MODELS[key]
+    from advjax import models
+    flax_model = models.get_model(name, **fields)
+    variables = models.init_variables(flax_model, jax.random.PRNGKey(0), (28, 28, 1))
+    impls = {"xla": layers._conv_xla, "explicit_grad": layers._conv_explicit_grad,
+             "patches_grad": layers._conv_patches_grad}
+    print(_bench.header(f"{label}: the convolutions of one PGD-AT step (PGD-{pgd_steps}), batch "
+                        f"{batch}, median of {repeats} calls each"))
+    print("| convolution (input -> output) | impl | advjax forward / input grad / kernel grad (ms) | "
+          "PyTorch (ms) | advjax per step (ms) | PyTorch per step (ms) |")
+    print("|---|---|---:|---:|---:|---:|")
+    total = {"advjax": 0.0, "pytorch": 0.0}
+    rng = np.random.default_rng(0)
+    for i, (shape, kshape, padding, impl) in enumerate(conv_layers(flax_model, variables)):
+        shape = (batch, *shape[1:])
+        kh, kw, c_in, c_out = kshape
+        resolved = layers.resolve_conv_impl(impl, c_in)
+        conv = impls[resolved]
+        x = jnp.asarray(rng.standard_normal(shape, dtype=np.float32))
+        k = jnp.asarray(rng.standard_normal(kshape, dtype=np.float32) * 0.1)
+        out_shape = jax.eval_shape(lambda: layers._conv_xla(x, k, padding)).shape
+        g = jnp.asarray(rng.standard_normal(out_shape, dtype=np.float32))
+        fwd = jax.jit(lambda a, b: conv(a, b, padding))
+        d_in = jax.jit(jax.grad(lambda a, b, c: jnp.vdot(c, conv(a, b, padding)), argnums=0))
+        d_k = jax.jit(jax.grad(lambda a, b, c: jnp.vdot(c, conv(a, b, padding)), argnums=1))
+        ours = [_ms(lambda: jax.block_until_ready(fwd(x, k)), repeats),
+                _ms(lambda: jax.block_until_ready(d_in(x, k, g)), repeats),
+                _ms(lambda: jax.block_until_ready(d_k(x, k, g)), repeats)]
+        pad = 0 if padding == "VALID" else "same"
+        xt = torch.tensor(np.asarray(x)).permute(0, 3, 1, 2).contiguous().requires_grad_(True)
+        kt = torch.tensor(np.asarray(k)).permute(3, 2, 0, 1).contiguous().requires_grad_(True)
+        gt = torch.tensor(np.asarray(g)).permute(0, 3, 1, 2).contiguous()
+
+        def t_fwd():
+            with torch.no_grad():
+                F.conv2d(xt, kt, padding=pad)
+
+        def t_grad(wrt):
+            def run():
+                torch.autograd.grad(F.conv2d(xt, kt, padding=pad), wrt, gt)
+            return run
+
+        # The forward is in each gradient's time too; PyTorch's backward alone is the difference.
+        t_f = _ms(t_fwd, repeats)
+        theirs = [t_f, max(_ms(t_grad(xt), repeats) - t_f, 0.0),
+                  max(_ms(t_grad(kt), repeats) - t_f, 0.0)]
+        n_fwd, n_in = pgd_steps + 1, pgd_steps + (1 if i > 0 else 0)
+        step_ours = n_fwd * ours[0] + n_in * ours[1] + ours[2]
+        step_theirs = n_fwd * theirs[0] + n_in * theirs[1] + theirs[2]
+        total["advjax"] += step_ours
+        total["pytorch"] += step_theirs
+        print(f"| {shape[1]}x{shape[2]}x{c_in} -> {c_out}, {kh}x{kw} {padding} | {resolved} | "
+              + " / ".join(f"{t:.2f}" for t in ours) + " | "
+              + " / ".join(f"{t:.2f}" for t in theirs)
+              + f" | {step_ours:.0f} | {step_theirs:.0f} |", flush=True)
+    print(f"| all convolutions | | | | {total['advjax']:.0f} | {total['pytorch']:.0f} |")
+    print(f"load at the end {_bench.load()}")
+
+
 def pipeline_images_per_sec(batch_size, seconds=2.0):
     from advjax import data
     try:
@@ -151,11 +256,17 @@ def main():
     p.add_argument("--steps", type=int, default=10, help="PGD steps per training step")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile column")
+    p.add_argument("--profile", action="store_true",
+                   help="per-convolution times of each model's step instead (module docstring)")
     args = p.parse_args()
     names = [m for m in args.models.split(",") if m]
     unknown = set(names) - set(MODELS)
     if unknown:
         p.error(f"unknown --models {sorted(unknown)}; valid: {sorted(MODELS)}")
+    if args.profile:
+        for key in names:
+            profile_convolutions(key, args.batch, args.steps, args.repeats)
+        return
 
     print(_bench.header(f"PGD-AT train step, batch {args.batch}, PGD-{args.steps}, median of "
                         f"{args.repeats} interleaved rounds"))

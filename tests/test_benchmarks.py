@@ -78,3 +78,46 @@ def test_parsers_read_the_new_tables(run_all):
     assert run_all.parse_attack_memory(memory) == [
         ("attack memory", "PGD-200, Madry CNN, batch 256, 200 steps", "peak RSS +8.3 MiB",
          "XLA temp 3.7 MiB, total 3.8 MiB")]
+
+
+def test_parsers_read_the_apgd_multi_seed_sweep_and_autoattack_tables(run_all):
+    attack = (
+        "linf APGD, eps 0.1, 100 iterations, 1 restart; quickstart CNN-4C3F (committed weights), "
+        "the 72 correctly classified of the first 100 Fashion-MNIST test images; ...\n"
+        "| attack | implementation | seconds | images/s | ratio to reference | robust accuracy "
+        "(of the attacked) |\n|---|---|---:|---:|---:|---:|\n"
+        "| APGD-CE | advjax | 3.2 | 22.8 | 0.39x | 76.39% |\n"
+        "| APGD-CE | reference (pyautoattack) | 1.2 | 58.9 | 1.00x | 76.39% |\n")
+    rows = run_all.parse_attack_throughput(attack)
+    assert rows == [
+        ("APGD-100 linf eps 0.1, quickstart CNN-4C3F, 72 of 100 FMNIST test images",
+         "APGD-CE: advjax", "3.2 s (22.8 images/s)", "0.39x reference; robust accuracy 76.39%"),
+        ("APGD-100 linf eps 0.1, quickstart CNN-4C3F, 72 of 100 FMNIST test images",
+         "APGD-CE: reference (pyautoattack)", "1.2 s (58.9 images/s)",
+         "1.00x reference; robust accuracy 76.39%")]
+    seeds = ("| K | how | ms per step of all K | images/s | vs K=1 |\n|---:|---|---:|---:|---:|\n"
+             "| 1 | single | 300 | 426.7 | 1.00x |\n| 3 | sequential | 910 | 421.9 | 0.99x |\n")
+    rows = run_all.parse_multi_seed(seeds)
+    assert [r[1:] for r in rows] == [
+        ("K = 1, single", "426.7 images/s (300 ms/step)", "1.00x the single-seed images/s"),
+        ("K = 3, sequential", "421.9 images/s (910 ms/step)", "0.99x the single-seed images/s")]
+    sweep = ("n = 64, batch 250, 5 steps, eps [0.05, 0.1], 1 device(s) (cpu)\n"
+             "| way | compilations (traces) | seconds |\n|---|---|---:|\n"
+             "| one call per eps | {'pgd': 4, 'apgd-ce': 4} | 30.1 |\n"
+             "| one sweep call | {'pgd': 1, 'apgd-ce': 1} | 12.0 |\nnumbers equal: True\n")
+    rows = run_all.parse_eval_sweep(sweep)
+    assert rows[0][0] == "eps sweep (PGD-5 and APGD-CE-5 at eps 0.05, 0.1, 64 FMNIST images)"
+    assert [r[1:] for r in rows] == [
+        ("one call per eps", "30.1 s", "compilations {'pgd': 4, 'apgd-ce': 4}; numbers equal: True"),
+        ("one sweep call", "12.0 s", "compilations {'pgd': 1, 'apgd-ce': 1}; numbers equal: True")]
+    aa = ("AutoAttack standard, linf eps 0.1, 200 Fashion-MNIST test images, batch 200, ...\n"
+          "| implementation | seconds | clean (%) | apgd-ce (%) | square (%) |\n|---|---:|---:|---:|---:|\n"
+          "| advjax | 64.0 | 80.00 | 66.00 | 63.50 |\n"
+          "| reference (pyautoattack, torch) | 87.6 | 80.00 | 66.50 | 64.00 |\n"
+          "speed ratio (reference seconds / advjax seconds): 1.37x\n")
+    rows = run_all.parse_autoattack(aa)
+    what = "AutoAttack standard (linf 0.1, 200 FMNIST images, small AT CNN)"
+    assert rows == [(what, "advjax", "64.0 s (including compilation)", "robust accuracy 63.50%"),
+                    (what, "reference (pyautoattack, torch)", "87.6 s",
+                     "robust accuracy 64.00%"),
+                    (what, "speed ratio", "1.37x", "reference seconds / advjax's")]

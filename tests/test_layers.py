@@ -20,17 +20,24 @@ from advjax.models import layers
 KEY = jax.random.PRNGKey(0)
 
 
-@pytest.mark.parametrize("impl,kernel,padding,c_in", [
-    ("patches_grad", (3, 3), "VALID", 1),  # forward by multiply-adds (`_conv_thin`)
-    ("patches_grad", (3, 3), "SAME", 3),
-    ("patches_grad", (5, 5), "SAME", 1),  # XLA's forward convolution
-    ("explicit_grad", (4, 3), "SAME", 6),  # even kernel: asymmetric SAME padding
+@pytest.mark.parametrize("impl,kernel,padding,c_in,crop", [
+    ("patches_grad", (3, 3), "VALID", 1, False),  # forward by multiply-adds (`_conv_thin`)
+    ("patches_grad", (3, 3), "SAME", 3, False),
+    ("patches_grad", (5, 5), "SAME", 1, False),  # XLA's forward convolution
+    ("explicit_grad", (4, 3), "SAME", 6, False),  # even kernel: asymmetric SAME padding
+    ("explicit_grad", (3, 3), "VALID", 6, False),
+    ("explicit_grad", (4, 3), "VALID", 6, True),  # VALID as full padding and a crop
 ])
-def test_conv_impls_match_xla(monkeypatch, impl, kernel, padding, c_in):
+def test_conv_impls_match_xla(monkeypatch, impl, kernel, padding, c_in, crop):
     """Values, input and kernel gradients, per-example gradients under vmap, JVPs in both arguments
     and a Hessian-vector product agree with XLA's convolution. The batch (10) is larger than the
-    kernel-gradient chunk (set to 4, so 3 chunks, the last one short)."""
+    kernel-gradient chunk (set to 4, so 3 chunks, the last one short). With `crop`, the thresholds
+    of `_conv_forward` are lowered so that this small VALID convolution runs with full padding and a
+    crop."""
     monkeypatch.setattr(layers, "KERNEL_GRAD_CHUNK", 4)
+    if crop:
+        monkeypatch.setattr(layers, "CROP_MIN_CHANNELS", 1)
+        monkeypatch.setattr(layers, "CROP_MIN_SIZE", 1)
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.uniform(size=(10, 9, 8, c_in)), jnp.float32)
     t = jnp.asarray(rng.normal(size=x.shape), jnp.float32)
@@ -64,6 +71,28 @@ def test_conv_impls_match_xla(monkeypatch, impl, kernel, padding, c_in):
     got = derivatives(impl, variables, x, t)
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5),
                            got, ref)
+
+
+def test_valid_conv_runs_padded_and_cropped_only_above_the_thresholds():
+    """CNN-4C3F(32)'s 26x26x32 -> 32 VALID layer runs with full padding (2) and a crop on CPU, with
+    the values of XLA's VALID convolution; a 16-channel or a 12x12 input keeps XLA's VALID
+    convolution (there it is as fast or faster)."""
+    if jax.default_backend() != "cpu":
+        pytest.skip("the crop is an XLA:CPU workaround")
+    rng = np.random.default_rng(0)
+
+    def paddings(x, k):
+        jaxpr = jax.make_jaxpr(lambda a, b: layers._conv_forward(a, b, "VALID"))(x, k)
+        return [e.params["padding"] for e in jaxpr.jaxpr.eqns
+                if e.primitive.name == "conv_general_dilated"]
+
+    x = jnp.asarray(rng.normal(size=(4, 26, 26, 32)), jnp.float32)
+    k = jnp.asarray(rng.normal(size=(3, 3, 32, 32)), jnp.float32)
+    assert paddings(x, k) == [((2, 2), (2, 2))]
+    np.testing.assert_allclose(layers._conv_forward(x, k, "VALID"),
+                               layers._conv_xla(x, k, "VALID"), rtol=1e-5, atol=1e-4)
+    assert paddings(x[..., :16], k[:, :, :16]) == [((0, 0), (0, 0))]
+    assert paddings(x[:, :12, :12], k) == [((0, 0), (0, 0))]
 
 
 def test_auto_is_xla_off_cpu_and_the_workarounds_on_cpu(monkeypatch):
