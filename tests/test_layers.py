@@ -155,11 +155,17 @@ def test_forward_mode_through_default_models(name, fields):
     np.testing.assert_allclose(jac, jac_ref, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(jac_ref))))
 
 
-def test_pgd_at_training_matches_plain_layers():
+@pytest.mark.parametrize("crop", [False, True])
+def test_pgd_at_training_matches_plain_layers(monkeypatch, crop):
     """Four PGD-AT steps (PGD-3 from a random start, SGD with momentum) of CNN-4C3F with the default
     fast layers and with plain Flax layers (XLA convolutions, nn.max_pool) from the same initial
     parameters on the same batches end at the same parameters, up to float rounding. Batch 40 > the
-    kernel-gradient chunk, so the chunked kernel gradient is exercised."""
+    kernel-gradient chunk, so the chunked kernel gradient is exercised. With `crop`, the thresholds
+    of `layers._conv_forward` are lowered so that every VALID convolution after the first runs with
+    full padding and a crop (as CNN-4C3F(32)'s 26x26x32 layer does at full size)."""
+    if crop:
+        monkeypatch.setattr(layers, "CROP_MIN_CHANNELS", 1)
+        monkeypatch.setattr(layers, "CROP_MIN_SIZE", 1)
     fields = dict(widths=(8, 8), fc_widths=(16,), dropout_rate=0.0)
     fast = models.get_model("cnn4c3f", **fields)
     plain = models.get_model("cnn4c3f", **fields, first_conv_impl="xla", conv_impl="xla",
