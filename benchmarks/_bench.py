@@ -52,6 +52,11 @@ def configure_threads(n: int) -> int:
     return n
 
 
+def threads() -> int:
+    """The thread count configured by `configure_threads` (every CPU if it has not run)."""
+    return _THREADS["n"] or cpu_count()
+
+
 def torch_threads():
     """Imports torch with its intra-op thread count set to the configured n; returns the module."""
     import torch

@@ -11,8 +11,8 @@ printed beside the time, so the speed is for the same evaluation.
 The machine may be shared: the 1-minute load average is recorded before and after, and the speed
 ratio is printed only when it was below 1.5 at the start (a loaded machine moves the numbers, and
 PyTorch's threads lose more to other jobs than XLA's; the benchmark's own threads raise the load
-during the run, so the load after is only recorded). torch uses `--threads` threads (default: the CPUs
-visible, as XLA does).
+during the run, so the load after is only recorded). advjax and torch run on `--threads` CPUs alike
+(benchmarks/_bench.py; default: every CPU visible).
 
     python benchmarks/autoattack.py                       # the benchmark (n = 1000)
     python benchmarks/autoattack.py --n 20 --n-queries 50 # a seconds-long smoke run
@@ -20,14 +20,20 @@ visible, as XLA does).
 
 from __future__ import annotations
 
-import argparse
-import logging
 import os
-import re
 import sys
-import time
 
-import numpy as np
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _bench  # noqa: E402
+
+_bench.configure_threads(_bench.threads_from_argv())
+
+import argparse  # noqa: E402
+import logging  # noqa: E402
+import re  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -52,7 +58,7 @@ def run_reference(x, y, args):
     import torch
     import pyautoattack
     from advjax.testing import fmnist_at, torch_twins
-    torch.set_num_threads(args.threads)
+    _bench.torch_threads()
     tm = fmnist_at.torch_model()
     adversary = pyautoattack.AutoAttack(tm, norm="Linf", eps=EPS, version=args.version, seed=0,
                                         device="cpu")
@@ -88,7 +94,8 @@ def main():
     p.add_argument("--batch", type=int, default=500)
     p.add_argument("--n-queries", type=int, default=5000, help="Square's queries (standard: 5000)")
     p.add_argument("--version", default="standard", choices=["standard", "plus"])
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads")
+    p.add_argument("--threads", type=int, default=0,
+                   help="CPUs for advjax and torch alike (0: all)")
     args = p.parse_args()
 
     import jax
@@ -105,7 +112,7 @@ def main():
 
     print(f"AutoAttack {args.version}, linf eps {EPS}, {args.n} Fashion-MNIST test images, batch "
           f"{args.batch}, Square {args.n_queries} queries; advjax on {jax.default_backend()} "
-          f"({os.cpu_count()} CPUs), torch {args.threads} threads; 1-min load {load_before:.2f} "
+          f"({os.cpu_count()} CPUs), {_bench.threads()} threads for advjax and torch; 1-min load {load_before:.2f} "
           f"before, {load_after:.2f} after")
     names = list(ours[1])
     print("| implementation | seconds | " + " | ".join(f"{k} (%)" for k in names) + " |")

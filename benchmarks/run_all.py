@@ -256,8 +256,8 @@ BENCHMARKS: List[Tuple[str, List[str], List[str], Callable[[str], List[Row]]]] =
 ]
 
 
-THREADED = ("attack_throughput.py", "attack_memory.py", "train_throughput.py")  # take --threads
-TORCH_THREADED = ("autoattack.py",)  # --threads N sets torch's threads only (N > 0)
+THREADED = ("attack_throughput.py", "attack_memory.py", "train_throughput.py",
+            "autoattack.py")  # take --threads
 
 
 def _load() -> str:
@@ -355,8 +355,6 @@ def main():
                      f"fall below {LOAD_LIMIT} in {args.settle:.0f} s; {args.out} is not written.")
         print(f"running {script} (load {_load()}) ...", flush=True)
         threads = ["--threads", str(args.threads)] if script in THREADED else []
-        if script in TORCH_THREADED and args.threads > 0:
-            threads = ["--threads", str(args.threads)]
         text, sec = _run([sys.executable, os.path.join(HERE, script),
                           *(quick if args.quick else extra), *threads], env=env)
         after = os.getloadavg()[0]

@@ -16,7 +16,7 @@ The data are the IDX files of the Debian package dataset-fashion-mnist.
 
 A second committed model, `name="quickstart"` in every function here: the quickstart's CNN-4C3F
 (`configs/quickstart.py`: conv 3x3 16, 16, 32, 32 with VALID padding and a 2x2 max-pool after each
-pair, dense 128, dense 10; 84k parameters), trained by the quickstart's own command (PGD-5 AT at
+pair, dense 128, dense 10; 83k parameters), trained by the quickstart's own command (PGD-5 AT at
 eps 0.1, Adam 1e-3, batch 128, one epoch, seed 0) and exported from its workdir:
 
     advjax train --config configs/quickstart.py --workdir W
