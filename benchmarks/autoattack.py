@@ -112,8 +112,8 @@ def main():
 
     print(f"AutoAttack {args.version}, linf eps {EPS}, {args.n} Fashion-MNIST test images, batch "
           f"{args.batch}, Square {args.n_queries} queries; advjax on {jax.default_backend()} "
-          f"({os.cpu_count()} CPUs), {_bench.threads()} threads for advjax and torch; 1-min load {load_before:.2f} "
-          f"before, {load_after:.2f} after")
+          f"({os.cpu_count()} CPUs), {_bench.threads()} threads for advjax and torch; 1-min load "
+          f"{load_before:.2f} before, {load_after:.2f} after")
     names = list(ours[1])
     print("| implementation | seconds | " + " | ".join(f"{k} (%)" for k in names) + " |")
     print("|---|---:|" + "---:|" * len(names))
