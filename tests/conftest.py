@@ -1,4 +1,5 @@
-"""Shared test setup: JAX on CPU, the `slow`/`peers` markers, and tiny models for the attack tests.
+"""Shared test setup: JAX on CPU, the `slow`/`peers` markers, tiny models for the attack tests, and
+the config file of a seconds-long training run (`write_small_config`) for the workdir tests.
 
 The models are deliberately small (linear maps and a two-layer MLP on a handful of features) so that
 property-based tests over shapes, radii and norms stay fast; the closed-form tests use the linear
@@ -148,3 +149,43 @@ def digits_mlp():
     acc = float(np.mean(np.argmax(f(x_te), -1) == y_te))
     assert acc > 0.9, f"digits MLP failed to train (test accuracy {acc:.3f})"
     return f, jnp.asarray(x_te), jnp.asarray(y_te)
+
+
+# ------------------------------------------------------------------------------------------------
+# A seconds-long training run (tests/test_faults.py, tests/test_multi_seed.py)
+# ------------------------------------------------------------------------------------------------
+
+# Standard training of a small MLP on 256 digits, 4 steps per epoch, a row and a checkpoint every 2
+# steps, constant learning rate (so train.epochs only sets the end).
+SMALL_CONFIG = """
+from advjax.config import default_config
+
+
+def get_config():
+    c = default_config()
+    c.data.name = "digits"
+    c.data.train_limit = 256
+    c.model.name = "mlp"
+    c.model.hidden = (16,)
+    c.objective.name = "standard"
+    c.optim.lr = 0.05
+    c.train.epochs = {epochs}
+    c.train.batch_size = 64
+    c.train.log_every = 2
+    c.train.checkpoint_every_steps = 2
+    c.train.progress = False
+    c.eval.limit = 64
+    c.eval.batch_size = 64
+    c.eval.attacks = []
+    {extra}
+    return c
+"""
+
+
+def write_small_config(path, *, epochs: int = 3, extra: str = "") -> str:
+    """Writes the small run's config file to `path` (`extra`: more statements on `c`, one line, or
+    several joined by newline + 4 spaces); returns the path as a str."""
+    path = str(path)
+    with open(path, "w") as f:
+        f.write(SMALL_CONFIG.format(epochs=epochs, extra=extra))
+    return path

@@ -32,42 +32,10 @@ import warnings
 
 import numpy as np
 import pytest
+from conftest import write_small_config as write_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OLD_CONFIGS = os.path.join(ROOT, "tests", "data", "configs_before_issue13")
-
-# A seconds-long run: standard training of a small MLP on 256 digits, 4 steps per epoch, a row every
-# 2 steps and a checkpoint every 2 steps, constant learning rate (so train.epochs only sets the end).
-SMALL_CONFIG = """
-from advjax.config import default_config
-
-
-def get_config():
-    c = default_config()
-    c.data.name = "digits"
-    c.data.train_limit = 256
-    c.model.name = "mlp"
-    c.model.hidden = (16,)
-    c.objective.name = "standard"
-    c.optim.lr = 0.05
-    c.train.epochs = {epochs}
-    c.train.batch_size = 64
-    c.train.log_every = 2
-    c.train.checkpoint_every_steps = 2
-    c.train.progress = False
-    c.eval.limit = 64
-    c.eval.batch_size = 64
-    c.eval.attacks = []
-    {extra}
-    return c
-"""
-
-
-def write_config(path, *, epochs=3, extra=""):
-    path = str(path)
-    with open(path, "w") as f:
-        f.write(SMALL_CONFIG.format(epochs=epochs, extra=extra))
-    return path
 
 
 def load_config(path):

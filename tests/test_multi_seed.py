@@ -21,42 +21,15 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import write_small_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# A seconds-long run: standard training of a small MLP on 256 digits, 4 steps per epoch, 3 epochs,
-# a row and a checkpoint every 2 steps, constant learning rate.
-SMALL_CONFIG = """
-from advjax.config import default_config
-
-
-def get_config():
-    c = default_config()
-    c.data.name = "digits"
-    c.data.train_limit = 256
-    c.model.name = "mlp"
-    c.model.hidden = (16,)
-    c.objective.name = "standard"
-    c.optim.lr = 0.05
-    c.train.epochs = 3
-    c.train.batch_size = 64
-    c.train.log_every = 2
-    c.train.checkpoint_every_steps = 2
-    c.train.keep_checkpoints = 2
-    c.train.progress = False
-    c.train.seeds = 2
-    c.eval.limit = 64
-    c.eval.batch_size = 64
-    c.eval.attacks = []
-    return c
-"""
-
-
 def small_config_file(tmp_path):
-    path = os.path.join(str(tmp_path), "small_config.py")
-    with open(path, "w") as f:
-        f.write(SMALL_CONFIG)
-    return path
+    """The small run of conftest (3 epochs, a row and a checkpoint every 2 steps) with 2 seeds and
+    2 checkpoints kept."""
+    return write_small_config(os.path.join(str(tmp_path), "small_config.py"), epochs=3,
+                              extra="c.train.keep_checkpoints = 2\n    c.train.seeds = 2")
 
 
 def load_config(path):
