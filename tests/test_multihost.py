@@ -172,6 +172,9 @@ def test_two_processes_train_like_one_process_with_four_devices(worker, single_r
         np.testing.assert_allclose(b["loss"], a["loss"], atol=1e-5, rtol=0)
 
 
+# Slow (about 25 s): the default run keeps the two-process training test and
+# tests/test_evaluate_api.py's two-device evaluation; this one runs under -m slow.
+@pytest.mark.slow
 def test_sharded_evaluation_equals_single_process(worker, single_run, tmp_path):
     workdir1, _ = single_run
     (out1,) = _launch(worker, tmp_path, workdir1, "eval", nproc=1)

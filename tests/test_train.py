@@ -57,6 +57,9 @@ def _final_params(workdir):
     return step, {jax.tree_util.keystr(k): np.asarray(v) for k, v in flat}
 
 
+# Slow (about 25 s); the default run keeps the two-device evaluation (tests/test_evaluate_api.py) and
+# the two-process training test (tests/test_multihost.py).
+@pytest.mark.slow
 def test_devices_follow_the_one_device_trajectory(tmp_path):
     """Same global batch on 1 and 2 forced CPU devices: the same parameters after 8 steps, with the
     randomness that used to differ per device (issue 13, item 9): PGD random starts and dropout
