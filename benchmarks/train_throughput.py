@@ -154,13 +154,8 @@ def conv_layers(flax_model, variables):
 
 
 def _ms(fn, repeats):
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1000 * float(np.median(times))
+    """Median milliseconds of `repeats` calls of fn after a warm-up (`_bench.interleaved`)."""
+    return 1000 * float(np.median(_bench.interleaved({"fn": fn}, repeats)["fn"]))
 
 
 def profile_convolutions(key, batch, pgd_steps, repeats):
