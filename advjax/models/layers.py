@@ -225,12 +225,12 @@ def _conv_forward(x: jnp.ndarray, kernel: jnp.ndarray, padding: str) -> jnp.ndar
     input channels and an input of at least `CROP_MIN_SIZE` pixels a side is computed with full
     padding (k - 1 zeros on each side, the padding of an input gradient) and cropped by k - 1 on
     each side. The crop keeps exactly the outputs whose windows see no padding, so the values are
-    the VALID convolution's up to float rounding; but XLA:CPU runs that padded convolution up to 6x
-    faster (1.0-6x in a sweep of sizes above the thresholds) although it computes more outputs,
-    e.g. 12 vs 68 ms for CNN-4C3F(32)'s 26x26x32 -> 32 3x3 layer on 128 images (2 threads), 20 vs
-    56 ms for 16x16x64 -> 64. Thin (16-channel) or small (8x8, 12x12) inputs are as fast or faster
-    with the plain VALID convolution and keep it (`python benchmarks/train_throughput.py --profile`
-    times a model's convolutions)."""
+    the VALID convolution's up to float rounding; but XLA:CPU runs that padded convolution 1.3-5.6x
+    faster above the thresholds although it computes more outputs, e.g. 16 vs 91 ms for
+    CNN-4C3F(32)'s 26x26x32 -> 32 3x3 layer on 128 images (2 threads), 24 vs 70 ms for
+    16x16x64 -> 64, while thin (16-channel) or small (8x8, 12x12) inputs are as fast or faster with
+    the plain VALID convolution and keep it (`python benchmarks/conv_padding.py`; `python
+    benchmarks/train_throughput.py --profile` times a model's convolutions)."""
     if not _crops_valid(x.shape, kernel.shape, padding):
         return _conv_xla(x, kernel, padding)
     kh, kw = kernel.shape[:2]
